@@ -1,0 +1,109 @@
+"""Small helpers every stage shares: hashing, deterministic CSV I/O, params, progress."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class PipelineError(Exception):
+    """A problem with the input that stops a stage; the message names the file, row or field."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_hash(value) -> str:
+    """Hash of any JSON-serialisable value, independent of dict order."""
+    return sha256_bytes(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+
+
+def source_version(*modules) -> str:
+    """Hash of the source files of the given modules: the 'code version' in per-image cache keys."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a killed run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """Deterministic CSV: fixed column order, '\\n' line ends, UTF-8 without BOM."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: "" if row.get(column) is None else row.get(column) for column in columns})
+    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+
+
+def read_csv(path: Path, required: Sequence[str] = ()) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
+        return [dict(row) for row in reader]
+
+
+def load_params(path: Path | str = "params.yaml", section: str | None = None) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: params file not found")
+    with open(path, encoding="utf-8") as handle:
+        params = yaml.safe_load(handle) or {}
+    if section is None:
+        return params
+    if section not in params:
+        raise PipelineError(f"{path}: no '{section}' section")
+    return params[section]
+
+
+def progress(items: Iterable[T], label: str, total: int | None = None, stream=None) -> Iterator[T]:
+    """Yield items, printing 'label: i/n' to stderr about every 10 % (every 100 items when n is unknown)."""
+    stream = stream or sys.stderr
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
+    step = max(1, total // 10) if total else 100
+    index = 0
+    for index, item in enumerate(items, start=1):
+        yield item
+        if index % step == 0 or index == total:
+            print(f"{label}: {index}/{total if total else '?'}", file=stream, flush=True)
+    if not total and index % step:
+        print(f"{label}: {index} done", file=stream, flush=True)

@@ -1,0 +1,184 @@
+"""Stage `ingest`: every configured raw source -> one candidates table, images stored under their content hash.
+
+Every raw item ends up either as a candidate (one row per distinct image, named by the sha256 of its raw bytes)
+or as a row of the rejects ledger with the reason. Image checks (empty, not an image, truncated, over the pixel
+limit) are the same for every kind of source. Images that are not plain 8-bit RGB JPEG/PNG, or that carry an
+EXIF rotation, are stored as a normalised lossless PNG so later stages see upright RGB pixels.
+Work is cached by content hash in the (persistent) object store: re-running after a source grows only decodes
+the new images.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import sources
+from .common import (PipelineError, atomic_write_bytes, read_csv, sha256_bytes, source_version, write_csv,
+                     progress)
+from .sources import ITEM_FIELDS, RawItem, Reject
+
+CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
+                     *ITEM_FIELDS)
+REJECT_COLUMNS = ("source", "origin", "member", "reason")
+PROVENANCE_COLUMNS = ("candidate_id", "source", "origin", "member")
+OBJECT_INDEX = "index.csv"
+OBJECT_INDEX_COLUMNS = ("candidate_id", "object", "width", "height", "format", "checked_with")
+
+# Pillow's own bomb guard is replaced by the explicit limit from params, checked before decoding.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass
+class CheckedImage:
+    stored: bytes  # what goes into the object store: the raw bytes, or a normalised PNG
+    extension: str
+    width: int
+    height: int
+    format: str
+
+
+class BadImage(Exception):
+    pass
+
+
+def check_image(data: bytes, max_pixels: int) -> CheckedImage:
+    """Decode and vet one image; raise BadImage with a reason a person can act on."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except Exception as error:  # Pillow raises many types on garbage headers
+        raise BadImage(f"not a readable image ({error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadImage(f"image is {width}x{height} = {width * height} pixels, over the limit "
+                       f"ingest.max_pixels = {max_pixels} (possible decompression bomb)")
+    fmt = image.format or "unknown"
+    try:
+        image.load()
+    except Exception as error:
+        raise BadImage(f"corrupt or truncated {fmt} image ({error})") from None
+    orientation = image.getexif().get(0x0112, 1)
+    if fmt in ("JPEG", "PNG") and image.mode == "RGB" and orientation in (1, None):
+        return CheckedImage(data, ".jpg" if fmt == "JPEG" else ".png", width, height, fmt)
+    upright = to_rgb(ImageOps.exif_transpose(image))
+    buffer = io.BytesIO()
+    upright.save(buffer, format="PNG")
+    return CheckedImage(buffer.getvalue(), ".png", upright.width, upright.height, fmt)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit scaled down, alpha composited on white, palette and CMYK converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
+    path = objects_dir / OBJECT_INDEX
+    if not path.exists():
+        return {}
+    try:
+        rows = read_csv(path, OBJECT_INDEX_COLUMNS)
+    except PipelineError:
+        return {}  # a damaged cache index is rebuilt, never trusted
+    return {row["candidate_id"]: row for row in rows
+            if row["checked_with"] == checked_with and (objects_dir / row["object"]).is_file()}
+
+
+@dataclass
+class IngestResult:
+    candidates: list[dict]
+    rejects: list[dict]
+    provenance: list[dict]
+    decoded: int  # images decoded this run (the rest came from the cache)
+
+
+def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int) -> IngestResult:
+    """Read every source, vet every image, store objects by content hash and write the three tables."""
+    out_dir = Path(out_dir)
+    objects_dir = out_dir / "objects"
+    objects_dir.mkdir(parents=True, exist_ok=True)
+    checked_with = f"{source_version(sys.modules[__name__])}-{max_pixels}"
+    cache = _load_object_index(objects_dir, checked_with)
+
+    candidates: dict[str, dict] = {}
+    rejects: list[dict] = []
+    provenance: list[dict] = []
+    decoded = 0
+    names = [config.get("name") for config in source_configs]
+    for position, config in enumerate(source_configs):
+        name, kind, path = config.get("name"), config.get("kind"), config.get("path")
+        if not name or not kind or not path:
+            raise PipelineError(f"params.yaml: ingest.sources[{position}] needs name, kind and path")
+        if names.count(name) > 1:
+            raise PipelineError(f"params.yaml: ingest.sources: source name '{name}' is used twice")
+        try:
+            read = sources.reader_for(kind)
+        except KeyError:
+            raise PipelineError(f"params.yaml: ingest.sources[{position}] ({name}): unknown kind '{kind}'; "
+                                f"known: {', '.join(sources.known_kinds())}") from None
+        root = (Path(base_dir) / path).resolve()
+        if not root.is_dir():
+            raise PipelineError(f"source {name}: folder {path} not found")
+        for item in progress(read(root, dict(config.get("options") or {})), f"ingest {name}"):
+            if isinstance(item, Reject):
+                rejects.append({"source": name, "origin": item.origin, "member": item.member, "reason": item.reason})
+                continue
+            candidate_id = sha256_bytes(item.data)
+            place = {"candidate_id": candidate_id, "source": name, "origin": item.origin, "member": item.member}
+            if candidate_id in candidates:
+                first = candidates[candidate_id]
+                provenance.append(place)
+                rejects.append({**{k: place[k] for k in ("source", "origin", "member")},
+                                "reason": f"duplicate of candidate {candidate_id[:12]} "
+                                          f"(kept from {first['source']}:{first['origin']} {first['member']})".strip()})
+                continue
+            info = cache.get(candidate_id)
+            if info is None:
+                try:
+                    checked = check_image(item.data, max_pixels)
+                except BadImage as error:
+                    rejects.append({"source": name, "origin": item.origin, "member": item.member,
+                                    "reason": str(error)})
+                    continue
+                decoded += 1
+                object_name = candidate_id + checked.extension
+                atomic_write_bytes(objects_dir / object_name, checked.stored)
+                info = {"candidate_id": candidate_id, "object": object_name, "width": checked.width,
+                        "height": checked.height, "format": checked.format, "checked_with": checked_with}
+                cache[candidate_id] = info
+            provenance.append(place)
+            candidates[candidate_id] = {
+                **place, "kind": kind, "object": info["object"], "width": info["width"],
+                "height": info["height"], "format": info["format"],
+                **{name_: item.fields.get(name_, "") for name_ in ITEM_FIELDS}}
+
+    # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
+    keep = {row["object"] for row in candidates.values()}
+    for path in objects_dir.iterdir():
+        if path.name != OBJECT_INDEX and path.name not in keep:
+            path.unlink()
+    write_csv(objects_dir / OBJECT_INDEX, sorted((cache[c] for c in candidates), key=lambda r: r["candidate_id"]),
+              OBJECT_INDEX_COLUMNS)
+    ordered = sorted(candidates.values(), key=lambda row: (row["source"], row["origin"], row["member"]))
+    write_csv(out_dir / "candidates.csv", ordered, CANDIDATE_COLUMNS)
+    write_csv(out_dir / "rejects.csv", rejects, REJECT_COLUMNS)
+    write_csv(out_dir / "provenance.csv", provenance, PROVENANCE_COLUMNS)
+    return IngestResult(ordered, rejects, provenance, decoded)

@@ -1,0 +1,179 @@
+"""Stage `metadata`: candidates that survived the filter -> HAM10000-format metadata, validated, with stable IDs.
+
+Free-text pathology is unified to a class by the ordered rules; raw ages, sexes and sites are normalised to the
+release's vocabulary (ages binned to 5 years, capped); each image and lesion gets its ID from the registries.
+Every candidate ends up either in `metadata.csv` or in `excluded.csv` with the stage and the reason. Rows that
+the schema or the cross-field rules reject are excluded with the validator's message, and the stage fails if
+what remains is still invalid: `dvc repro` never writes an invalid release.
+De-identified: the release columns carry no free text, file names, slide text or dates.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from .common import PipelineError, read_csv, write_csv
+from .registry import Registry
+from .unify import load_rules, unify
+from .validate import validate_metadata_rows
+
+HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+METADATA_COLUMNS = (*HAM_COLUMNS, "dataset")
+IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint")
+EXCLUDED_COLUMNS = ("candidate_id", "source", "origin", "member", "stage", "reason")
+CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+DX_TYPES = {"histo": "histo", "histopathology": "histo", "histology": "histo", "follow_up": "follow_up",
+            "follow-up": "follow_up", "followup": "follow_up", "consensus": "consensus", "confocal": "confocal"}
+SEXES = {"male": "male", "m": "male", "female": "female", "f": "female", "w": "female", "": "unknown",
+         "unknown": "unknown", "u": "unknown"}
+LOCALIZATIONS = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand", "lower extremity",
+                 "neck", "scalp", "trunk", "unknown", "upper extremity")
+SITE_SYNONYMS = {"": "unknown", "lower limb": "lower extremity", "leg": "lower extremity",
+                 "upper limb": "upper extremity", "arm": "upper extremity", "genitalia": "genital"}
+
+
+class Excluded(Exception):
+    pass
+
+
+def bin_age(raw: str, cap: int) -> str:
+    """'47' -> '45.0', '48' -> '50.0' (nearest 5, halves up), over the cap -> the cap; '' stays ''."""
+    raw = raw.strip()
+    if not raw:
+        return ""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Excluded(f"age {raw!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or value > 130:
+        raise Excluded(f"age {raw!r} is out of range")
+    return f"{min(cap, 5 * math.floor(value / 5 + 0.5)):.1f}"
+
+
+def normalise(candidate: dict, rules, params: dict) -> dict:
+    """The release fields of one candidate (without IDs); raises Excluded with the reason."""
+    if candidate["dx"].strip():
+        dx = candidate["dx"].strip().lower()
+        if dx not in CLASSES:
+            raise Excluded(f"dx {candidate['dx']!r} is not one of {', '.join(CLASSES)}")
+    else:
+        if not candidate["diagnosis"].strip():
+            raise Excluded("no diagnosis given")
+        outcome = unify(candidate["diagnosis"], rules)
+        if outcome.dx not in CLASSES:
+            raise Excluded(f"diagnosis {candidate['diagnosis']!r} -> {outcome.dx} (rule {outcome.rule})")
+        dx = outcome.dx
+    dx_type = DX_TYPES.get(candidate["dx_type"].strip().lower())
+    if dx_type is None:
+        raise Excluded(f"dx_type {candidate['dx_type']!r} is not one of histo, follow_up, consensus, confocal")
+    sex = SEXES.get(candidate["sex"].strip().lower())
+    if sex is None:
+        raise Excluded(f"sex {candidate['sex']!r} is not male, female or unknown")
+    site = candidate["localization"].strip().lower()
+    site = SITE_SYNONYMS.get(site, site)
+    if site not in LOCALIZATIONS:
+        raise Excluded(f"localization {candidate['localization']!r} is not in the release vocabulary")
+    datasets = params.get("datasets") or {}
+    return {"dx": dx, "dx_type": dx_type, "age": bin_age(candidate["age"], params["age_cap"]), "sex": sex,
+            "localization": site, "dataset": datasets.get(candidate["source"], candidate["source"])}
+
+
+def _harmonise_lesions(rows: list[dict], exclude) -> list[dict]:
+    """A lesion's images must agree on dx, sex and site; the age is the youngest (first visit)."""
+    by_lesion = defaultdict(list)
+    for row in rows:
+        by_lesion[row["lesion_id"]].append(row)
+    kept = []
+    for lesion_id, group in by_lesion.items():
+        disagree = [f for f in ("dx", "sex", "localization") if len({r[f] for r in group}) > 1]
+        if disagree:
+            values = "; ".join(f"{f}: {', '.join(sorted({r[f] for r in group}))}" for f in disagree)
+            for row in group:
+                exclude(row["_candidate"], "metadata", f"lesion {lesion_id}: its images disagree ({values})")
+            continue
+        ages = [float(r["age"]) for r in group if r["age"]]
+        for row in group:
+            row["age"] = f"{min(ages):.1f}" if ages else ""
+        kept.extend(group)
+    return kept
+
+
+def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: Path, params: dict,
+                   registry_dir: Path, out_dir: Path, rules_path: Path | None = None) -> dict:
+    candidates = read_csv(candidates_csv, ("candidate_id", "source", "origin", "member", "lesion_key"))
+    decisions = {d["candidate_id"]: d for d in read_csv(decisions_csv, ("candidate_id", "keep", "image_type"))}
+    standardised = {s["candidate_id"]: s for s in read_csv(standardised_csv, ("candidate_id", "file", "sha256"))}
+    rules = load_rules(rules_path)
+    ids = params["ids"]
+    images = Registry(Path(registry_dir) / "images.csv", ids["image_prefix"], ids["image_start"])
+    lesions = Registry(Path(registry_dir) / "lesions.csv", ids["lesion_prefix"], ids["lesion_start"])
+    official_lesions = set(params.get("official_lesion_ids_from") or [])
+
+    excluded: list[dict] = []
+
+    def exclude(candidate, stage, reason):
+        excluded.append({**{k: candidate[k] for k in ("candidate_id", "source", "origin", "member")},
+                         "stage": stage, "reason": reason})
+
+    accepted = []
+    for candidate in candidates:
+        decision = decisions.get(candidate["candidate_id"])
+        if decision is None or decision["keep"] != "true":
+            why = (f"image type {decision['image_type']} ({decision['decided_by']}, confidence "
+                   f"{decision['confidence']})" if decision else "no filter decision")
+            exclude(candidate, "filter", why)
+            continue
+        std = standardised[candidate["candidate_id"]]
+        if std["duplicate_of"]:
+            exclude(candidate, "standardise", f"standardised image identical to candidate {std['duplicate_of'][:12]}")
+            continue
+        if not candidate["lesion_key"].strip():
+            exclude(candidate, "metadata", "no lesion key")
+            continue
+        try:
+            fields = normalise(candidate, rules, params)
+        except Excluded as reason:
+            exclude(candidate, "metadata", str(reason))
+            continue
+        accepted.append((candidate, fields))
+
+    # IDs: official ones first, then new ones in sorted key order.
+    for candidate, _ in accepted:
+        if candidate["image_id"]:
+            images.record_official(candidate["candidate_id"], candidate["image_id"])
+        if candidate["source"] in official_lesions:
+            lesions.record_official(f"{candidate['source']}/{candidate['lesion_key']}", candidate["lesion_key"])
+    images.assign(c["candidate_id"] for c, _ in accepted)
+    lesions.assign(f"{c['source']}/{c['lesion_key']}" for c, _ in accepted)
+
+    rows = [{"lesion_id": lesions.ids[f"{c['source']}/{c['lesion_key']}"], "image_id": images.ids[c["candidate_id"]],
+             **fields, "_candidate": c} for c, fields in accepted]
+    rows = _harmonise_lesions(rows, exclude)
+    rows.sort(key=lambda r: (r["lesion_id"], r["image_id"]))
+    problems = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv")
+    bad_rows = {p.row for p in problems if p.row}
+    for index, row in enumerate(rows, start=1):
+        if index in bad_rows:
+            reasons = "; ".join(f"{p.field}={p.value!r}: {p.message}" for p in problems if p.row == index)
+            exclude(row["_candidate"], "validate", reasons)
+    rows = [row for index, row in enumerate(rows, start=1) if index not in bad_rows]
+    remaining = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv")
+    if remaining:
+        first = remaining[0]
+        raise PipelineError(f"metadata.csv row {first.row}: {first.field}={first.value!r}: {first.message} "
+                            f"({len(remaining)} problem(s) left after excluding invalid rows)")
+
+    images.save()
+    lesions.save()
+    out_dir = Path(out_dir)
+    write_csv(out_dir / "metadata.csv", rows, METADATA_COLUMNS)
+    write_csv(out_dir / "images.csv", (
+        {"image_id": r["image_id"], "lesion_id": r["lesion_id"], "candidate_id": r["_candidate"]["candidate_id"],
+         "file": standardised[r["_candidate"]["candidate_id"]]["file"],
+         "sha256": standardised[r["_candidate"]["candidate_id"]]["sha256"],
+         "split_hint": r["_candidate"].get("split_hint", "")} for r in rows), IMAGES_COLUMNS)
+    excluded.sort(key=lambda e: (e["source"], e["origin"], e["member"], e["candidate_id"]))
+    write_csv(out_dir / "excluded.csv", excluded, EXCLUDED_COLUMNS)
+    return {"candidates": len(candidates), "rows": len(rows), "excluded": len(excluded),
+            "new_image_ids": len(images.added), "new_lesion_ids": len(lesions.added)}
