@@ -10,13 +10,14 @@ De-identified: the release columns carry no free text, file names, slide text or
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
 from .unify import load_rules, unify
-from .validate import validate_metadata_rows
+from .validate import validate_metadata_rows, values_agree
 
 HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 METADATA_COLUMNS = (*HAM_COLUMNS, "dataset")
@@ -31,6 +32,9 @@ LOCALIZATIONS = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "ge
                  "neck", "scalp", "trunk", "unknown", "upper extremity")
 SITE_SYNONYMS = {"": "unknown", "lower limb": "lower extremity", "leg": "lower extremity",
                  "upper limb": "upper extremity", "arm": "upper extremity", "genitalia": "genital"}
+
+
+OFFICIAL_LESION = re.compile(r"^HAM_\d{7}$")
 
 
 class Excluded(Exception):
@@ -80,13 +84,15 @@ def normalise(candidate: dict, rules, params: dict) -> dict:
 
 
 def _harmonise_lesions(rows: list[dict], exclude) -> list[dict]:
-    """A lesion's images must agree on dx, sex and site; the age is the youngest (first visit)."""
+    """A lesion's images must agree on dx, sex and site (as the validator sees it: 'trunk' covers back, chest and
+    abdomen); the age is the youngest (first visit)."""
     by_lesion = defaultdict(list)
     for row in rows:
         by_lesion[row["lesion_id"]].append(row)
     kept = []
     for lesion_id, group in by_lesion.items():
-        disagree = [f for f in ("dx", "sex", "localization") if len({r[f] for r in group}) > 1]
+        disagree = [f for f in ("dx", "sex", "localization")
+                    if not all(values_agree(f, group[0][f], r[f]) for r in group)]
         if disagree:
             values = "; ".join(f"{f}: {', '.join(sorted({r[f] for r in group}))}" for f in disagree)
             for row in group:
@@ -139,15 +145,21 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
         accepted.append((candidate, fields))
 
     # IDs: official ones first, then new ones in sorted key order.
+    def lesion_key(candidate):
+        # Official lesion IDs are global (one lesion may appear in two sources); other keys are per source.
+        if candidate["source"] in official_lesions and OFFICIAL_LESION.match(candidate["lesion_key"]):
+            return candidate["lesion_key"]
+        return f"{candidate['source']}/{candidate['lesion_key']}"
+
     for candidate, _ in accepted:
         if candidate["image_id"]:
             images.record_official(candidate["candidate_id"], candidate["image_id"])
-        if candidate["source"] in official_lesions:
-            lesions.record_official(f"{candidate['source']}/{candidate['lesion_key']}", candidate["lesion_key"])
+        if candidate["source"] in official_lesions and OFFICIAL_LESION.match(candidate["lesion_key"]):
+            lesions.record_official(lesion_key(candidate), candidate["lesion_key"])
     images.assign(c["candidate_id"] for c, _ in accepted)
-    lesions.assign(f"{c['source']}/{c['lesion_key']}" for c, _ in accepted)
+    lesions.assign(lesion_key(c) for c, _ in accepted)
 
-    rows = [{"lesion_id": lesions.ids[f"{c['source']}/{c['lesion_key']}"], "image_id": images.ids[c["candidate_id"]],
+    rows = [{"lesion_id": lesions.ids[lesion_key(c)], "image_id": images.ids[c["candidate_id"]],
              **fields, "_candidate": c} for c, fields in accepted]
     rows = _harmonise_lesions(rows, exclude)
     rows.sort(key=lambda r: (r["lesion_id"], r["image_id"]))

@@ -57,8 +57,9 @@ def train_filter(candidates_csv: Path, objects_dir: Path, annotations_csv: Path,
     model = ImageTypeNet(params["width"])
     optimiser = torch.optim.Adam(model.parameters(), lr=params["learning_rate"])
     # Weight classes by inverse frequency: dermatoscopic images far outnumber the others.
-    counts = torch.bincount(train_y, minlength=len(IMAGE_TYPES)).clamp(min=1).float()
-    loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / counts)
+    counts = torch.bincount(train_y, minlength=len(IMAGE_TYPES))
+    weights = counts.clamp(min=1).float()
+    loss_fn = nn.CrossEntropyLoss(weight=weights.sum() / weights)
     generator = torch.Generator().manual_seed(params["seed"])
     for epoch in range(params["epochs"]):
         model.train()

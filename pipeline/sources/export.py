@@ -1,15 +1,29 @@
-"""`export` sources: a folder of images plus a CSV export from a clinical database (the ViDIR route).
+"""`export` sources: a folder of images plus an index exported from a clinical database (the ViDIR route).
 
 Options:
-  index:   the CSV file, relative to the source root (default `index.csv`)
+  index:   the index file, relative to the source root (default `index.csv`): a CSV file, or an Excel workbook
+           (`.xlsx`) whose first row holds the column names
+  sheet:   for a workbook, the sheet to read (default: the first sheet)
   columns: mapping from our field names (`file`, `lesion_key`, `diagnosis`, `dx`, ...) to the export's column
-           names; fields not mapped are looked up under their own name and left empty where absent
+           names; fields not mapped are looked up under their own name and left empty where absent; columns
+           not used are ignored
   images:  folder holding the images, relative to the source root (default: the source root)
-Every file under the images folder that no CSV row names is rejected, so nothing is silently dropped.
+
+Workbook cells are read as strings the same way every time: text stripped; numbers as floats, the way the
+release CSV writes ages (`45.0`, `47.5`; Excel stores every number as a float, so a cell showing 45 also reads
+`45.0`: keep IDs in text cells); dates as `YYYY-MM-DD` (a time of day is dropped); TRUE/FALSE; empty cells as
+empty strings. Formulas give their cached values.
+
+Every file under the images folder that no index row names is rejected, so nothing is silently dropped. An index
+that cannot be used (not found, unreadable, no such sheet, the `file` column or a column named in `columns`
+missing) is rejected with the reason naming the file, sheet and column, and so is every image file, since none
+can be matched with its row.
 """
 from __future__ import annotations
 
 import csv
+import datetime
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
@@ -18,12 +32,96 @@ from . import ITEM_FIELDS, RawItem, Reject
 INDEX_SKIP = {".csv", ".xlsx", ".xls", ".md", ".txt", ".json", ".yaml", ".yml"}
 
 
+class UnusableIndex(Exception):
+    pass
+
+
 def _safe_relative(name: str) -> str | None:
     """The export's file name as a path inside the source, or None if it points outside (absolute, '..')."""
     path = PurePosixPath(name.replace("\\", "/"))
-    if not name or path.is_absolute() or ".." in path.parts:
+    if not name or path.is_absolute() or ".." in path.parts or (len(name) >= 2 and name[1] == ":"):
         return None
     return str(path)
+
+
+def cell_text(value) -> str:
+    """One spreadsheet cell as the string a CSV export would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.date().isoformat()
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return str(float(value))  # Excel holds every number as a float: 45 and 45.0 -> "45.0", 45.5 -> "45.5"
+    return str(value).strip()
+
+
+def read_csv_index(path: Path, name: str) -> tuple[str, list[str], list[tuple[str, dict]]]:
+    """(label for reasons, header, [(member, row)]) of a CSV index."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [column.strip() for column in next(reader, [])]
+            rows = [(f"row {number}", dict(zip(header, values)))
+                    for number, values in enumerate(reader, start=2) if any(v.strip() for v in values)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UnusableIndex(f"{name}: unreadable CSV ({error})") from None
+    return name, header, rows
+
+
+def read_xlsx_index(path: Path, name: str, sheet: str | None) -> tuple[str, list[str], list[tuple[str, dict]]]:
+    """(label for reasons, header, [(member, row)]) of one sheet of a workbook; row numbers as Excel shows them."""
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as error:
+        raise UnusableIndex(f"{name}: unreadable workbook ({error})") from None
+    try:
+        if sheet is None:
+            worksheet = workbook.worksheets[0]
+        elif sheet in workbook.sheetnames:
+            worksheet = workbook[sheet]
+        else:
+            raise UnusableIndex(f"{name}: no sheet {sheet!r} (sheets: {', '.join(workbook.sheetnames)})")
+        label = f"{name} sheet {worksheet.title!r}"
+        lines = worksheet.iter_rows(values_only=True)
+        header = [cell_text(value) for value in next(lines, ())]
+        rows = []
+        for number, values in enumerate(lines, start=2):
+            texts = [cell_text(value) for value in values]
+            if any(texts):
+                rows.append((f"{worksheet.title} row {number}", dict(zip(header, texts))))
+    except UnusableIndex:
+        raise
+    except Exception as error:  # a damaged workbook can fail in many ways while its rows are read
+        raise UnusableIndex(f"{name}: unreadable workbook ({error})") from None
+    finally:
+        workbook.close()
+    return label, header, rows
+
+
+def read_index(root: Path, name: str, options: dict) -> tuple[str, list[tuple[str, dict]]]:
+    """The index's label and rows; raise UnusableIndex if it is missing, unreadable or lacks a needed column."""
+    path = root / name
+    if not path.is_file():
+        raise UnusableIndex(f"export index {name} not found in {root}")
+    if path.suffix.lower() == ".xlsx":
+        label, header, rows = read_xlsx_index(path, name, options.get("sheet"))
+    else:
+        label, header, rows = read_csv_index(path, name)
+    columns = dict(options.get("columns") or {})
+    file_column = columns.get("file", "file")
+    if file_column not in header:
+        raise UnusableIndex(f"{label}: missing column '{file_column}' (the image file name)")
+    for field_name, column in columns.items():
+        if column not in header:
+            raise UnusableIndex(f"{label}: missing column '{column}' (mapped to {field_name})")
+    return label, rows
 
 
 def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
@@ -31,36 +129,37 @@ def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
     columns = dict(options.get("columns") or {})
     images_dir = root / options.get("images", ".")
     index_path = root / index_name
-    if not index_path.is_file():
-        yield Reject(index_name, "", f"export index {index_name} not found in {root}")
-        return
     file_column = columns.get("file", "file")
-    with open(index_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        if file_column not in header:
-            yield Reject(index_name, "", f"{index_name}: missing column '{file_column}' (the image file name)")
-            return
-        rows = list(reader)
-
     named: set[str] = set()
-    for number, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
-        member = f"row {number}"
+    try:
+        label, rows = read_index(root, index_name, options)
+    except UnusableIndex as problem:
+        yield Reject(index_name, "", str(problem))
+        rows, unlisted = [], f"cannot be matched with an index row: {problem}"
+    else:
+        unlisted = f"is not listed in {label}"
+
+    for member, row in rows:
         relative = _safe_relative((row.get(file_column) or "").strip())
         if relative is None:
-            yield Reject(index_name, member, f"{index_name} {member}: bad file name {row.get(file_column)!r}")
+            yield Reject(index_name, member, f"{label} {member}: bad file name {row.get(file_column)!r}")
             continue
         origin = str(PurePosixPath(options.get("images", ".")) / relative).removeprefix("./")
         named.add(origin)
         path = images_dir / relative
         if not path.is_file():
-            yield Reject(origin, member, f"{index_name} {member}: image file {relative} not found")
+            yield Reject(origin, member, f"{label} {member}: image file {relative} not found")
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            yield Reject(origin, member, f"{label} {member}: image file {relative} cannot be read ({error})")
             continue
         fields = {name: (row.get(columns.get(name, name)) or "").strip() for name in ITEM_FIELDS}
-        yield RawItem(path.read_bytes(), origin, member, fields)
+        yield RawItem(data, origin, member, fields)
 
     for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
         origin = path.relative_to(root).as_posix()
         if origin in named or path == index_path or path.suffix.lower() in INDEX_SKIP or path.name.startswith("."):
             continue
-        yield Reject(origin, "", f"{origin} is not listed in {index_name}")
+        yield Reject(origin, "", f"{origin} {unlisted}")

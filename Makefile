@@ -1,0 +1,29 @@
+# Set-up is two commands: `make demo` and `make test`. Both create the virtual environment when it is missing.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test bench validate clean-demo
+
+# torch: on a machine without an NVIDIA GPU, install the CPU build (2.13.0 lies on this kind of machine's disk)
+# before the project, whose range it satisfies; with a GPU, pip resolves the CUDA build from the range.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet "torch==2.13.0"; fi
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	ham sample data/raw/sample
+	dvc repro
+	ham summary metrics/release.json
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+validate: $(VENV)/.installed
+	ham validate params.yaml
+
+clean-demo:
+	rm -rf data/raw/sample data/interim models release

@@ -1,0 +1,159 @@
+"""`isic` sources: an ISIC Archive export as `isic-cli image download` writes it.
+
+Layout of the source root:
+  ISIC_0024306.jpg ...   one image per archive image, named by its isic_id (in the root or in subfolders)
+  metadata.csv           one row per image, ISIC field names: isic_id, attribution, copyright_license,
+                         age_approx, anatom_site_general, diagnosis, diagnosis_confirm_type, image_type,
+                         lesion_id, sex (further columns such as benign_malignant are ignored)
+  attribution.txt, licenses/
+                         written by isic-cli beside the images; skipped
+
+Options:
+  metadata:         the metadata CSV, relative to the source root (default `metadata.csv`)
+  images:           folder holding the images, relative to the source root (default: the source root)
+  localization_map: extra or overriding entries for the anatom_site_general -> localization mapping below
+
+Mapping to our fields (ISIC vocabulary as in the archive's HAM10000 collection, 11720 images):
+  image_id        isic_id
+  lesion_key      lesion_id (the archive's IL_... IDs, one to one with the release's HAM_... IDs)
+  diagnosis       the archive's diagnosis, unchanged
+  dx              nevus nv, melanoma mel, basal cell carcinoma bcc, actinic keratosis akiec,
+                  squamous cell carcinoma akiec (the release's akiec includes intraepithelial carcinoma),
+                  pigmented benign keratosis bkl, dermatofibroma df, vascular lesion vasc; any other diagnosis
+                  leaves dx empty, so the metadata stage unifies `diagnosis` or excludes the image with a reason
+  dx_type         diagnosis_confirm_type: histopathology histo, serial imaging showing no change follow_up,
+                  single image expert consensus consensus, confocal microscopy with consensus dermoscopy
+                  confocal; anything else is passed on unchanged (and excluded later with a reason)
+  age             age_approx as written ("45")
+  sex             sex as written (male / female / empty)
+  localization    anatom_site_general is coarser than the release's localization. Only what maps one to one
+                  (checked against the release for all 10015 images) is translated: posterior torso back,
+                  palms/soles acral; lower extremity and upper extremity are release values already. head/neck
+                  (release: scalp, face, ear, neck) and anterior torso (chest, abdomen) stay as they are, and an
+                  empty site stays empty (release: trunk, genital or unknown). Option localization_map changes this.
+  image_type_hint image_type: dermoscopic dsc, clinical: close-up macro, clinical: overview clinic, else empty
+  extra fields    attribution, license (copyright_license), image_type (raw)
+
+Every image file ends up as an item or a reject: files no metadata row names and second copies of an image are
+rejected; so are metadata rows without an image, rows with an empty or repeated isic_id, and (the whole file) a
+metadata file with a missing column, which is named.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Union
+
+from . import RawItem, Reject
+
+REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "diagnosis",
+                    "diagnosis_confirm_type", "image_type", "lesion_id", "sex")
+DIAGNOSES = {"nevus": "nv", "melanoma": "mel", "basal cell carcinoma": "bcc", "actinic keratosis": "akiec",
+             "squamous cell carcinoma": "akiec", "pigmented benign keratosis": "bkl", "dermatofibroma": "df",
+             "vascular lesion": "vasc"}
+CONFIRM_TYPES = {"histopathology": "histo", "serial imaging showing no change": "follow_up",
+                 "single image expert consensus": "consensus",
+                 "confocal microscopy with consensus dermoscopy": "confocal"}
+SITES = {"posterior torso": "back", "palms/soles": "acral", "lower extremity": "lower extremity",
+         "upper extremity": "upper extremity"}
+IMAGE_TYPES = {"dermoscopic": "dsc", "clinical: close-up": "macro", "clinical: overview": "clinic"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+SKIPPED_FILES = {"attribution.txt"}  # isic-cli's companions of the images (and the licenses/ folder)
+
+
+def map_row(row: dict, sites: dict) -> dict:
+    """Our fields from one row of ISIC metadata (values already stripped)."""
+    diagnosis = row["diagnosis"]
+    confirm = row["diagnosis_confirm_type"]
+    site = row["anatom_site_general"]
+    return {
+        "image_id": row["isic_id"],
+        "lesion_key": row["lesion_id"],
+        "diagnosis": diagnosis,
+        "dx": DIAGNOSES.get(diagnosis.lower(), ""),
+        "dx_type": CONFIRM_TYPES.get(confirm.lower(), confirm),
+        "age": row["age_approx"],
+        "sex": row["sex"],
+        "localization": sites.get(site.lower(), site),
+        "visit_date": "",
+        "image_type_hint": IMAGE_TYPES.get(row["image_type"].lower(), ""),
+        "split_hint": "",
+        "image_type": row["image_type"],
+        "attribution": row["attribution"],
+        "license": row["copyright_license"],
+    }
+
+
+def read_metadata(root: Path, name: str, sites: dict) -> tuple[dict[str, tuple[int, dict]], list[Reject], str]:
+    """isic_id -> (row number, fields), the rejected rows, and why the whole file is unusable ('' if usable)."""
+    path = root / name
+    if not path.is_file():
+        reason = f"{name} not found in {root}"
+        return {}, [Reject(name, "", reason)], reason
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [column.strip() for column in reader.fieldnames or []]
+            reader.fieldnames = header
+            missing = [column for column in REQUIRED_COLUMNS if column not in header]
+            if missing:
+                reason = f"{name}: missing column {', '.join(repr(c) for c in missing)}"
+                return {}, [Reject(name, "", reason)], reason
+            rows = [(number, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
+                    for number, row in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        reason = f"{name}: unreadable ({error})"
+        return {}, [Reject(name, "", reason)], reason
+
+    entries: dict[str, tuple[int, dict]] = {}
+    rejects = []
+    for number, row in rows:
+        member, isic_id = f"row {number}", row["isic_id"]
+        if not isic_id:
+            rejects.append(Reject(name, member, f"{name} {member}: empty isic_id"))
+        elif isic_id in entries:
+            rejects.append(Reject(name, member, f"{name} {member}: isic_id {isic_id} repeated (row "
+                                                f"{entries[isic_id][0]} is kept)"))
+        else:
+            entries[isic_id] = (number, map_row(row, sites))
+    return entries, rejects, ""
+
+
+def read_isic(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+    metadata_name = options.get("metadata", "metadata.csv")
+    images_option = options.get("images", ".")
+    images_dir = root / images_option
+    sites = {**SITES, **{str(k).lower(): str(v) for k, v in (options.get("localization_map") or {}).items()}}
+    entries, rejects, unusable = read_metadata(root, metadata_name, sites)
+    yield from rejects
+
+    found: dict[str, str] = {}  # isic_id -> origin of its image
+    metadata_path = (root / metadata_name).resolve()
+    for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
+        origin = path.relative_to(root).as_posix()
+        inside = path.relative_to(images_dir)
+        if path.resolve() == metadata_path or (len(inside.parts) == 1 and path.name in SKIPPED_FILES) \
+                or inside.parts[0] == "licenses":
+            continue
+        isic_id = PurePosixPath(origin).stem
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            yield Reject(origin, "", f"{origin} is not an image file (expected <isic_id>.jpg)")
+        elif isic_id not in entries:
+            why = f" ({unusable})" if unusable else ""
+            yield Reject(origin, "", f"{origin}: {isic_id} is not listed in {metadata_name}{why}")
+        elif isic_id in found:
+            yield Reject(origin, "", f"{origin}: second copy of {isic_id} (first: {found[isic_id]})")
+        else:
+            found[isic_id] = origin  # its row is answered by this file, readable or not
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                yield Reject(origin, "", f"{origin} cannot be read ({error})")
+                continue
+            number, fields = entries[isic_id]
+            yield RawItem(data, origin, f"{metadata_name} row {number}", dict(fields))
+
+    for isic_id, (number, _) in sorted(entries.items(), key=lambda entry: entry[1][0]):
+        if isic_id not in found:
+            yield Reject(metadata_name, f"row {number}",
+                         f"{metadata_name} row {number}: no image file for {isic_id}")

@@ -1,0 +1,170 @@
+"""End to end: `dvc repro` in a copy of this repository, on the embedded sample and on real images."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.validate import validate_csv
+from tests.pipeline_repo import copy_repository, run
+
+STAGES = ("ingest", "train_filter", "filter", "standardise", "metadata", "split", "release")
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_release(repo: Path) -> dict[str, list[dict]]:
+    """Checks every release must pass; returns the metadata rows per split."""
+    release = repo / "release"
+    manifest = read_rows(release / "manifest.csv")
+    listed = {row["path"] for row in manifest}
+    on_disk = {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file()} - {"manifest.csv"}
+    assert listed == on_disk
+    for row in manifest:
+        data = (release / row["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == int(row["bytes"]), row["path"]
+    rows = {}
+    for split_dir in sorted(p for p in release.iterdir() if p.is_dir()):
+        assert validate_csv(split_dir / "metadata.csv") == []
+        rows[split_dir.name] = read_rows(split_dir / "metadata.csv")
+        images = sorted(p.stem for p in (split_dir / "images").iterdir())
+        assert images == sorted(r["image_id"] for r in rows[split_dir.name])
+    lesions = {split: {r["lesion_id"] for r in split_rows} for split, split_rows in rows.items()}
+    splits = list(lesions)
+    for i, first in enumerate(splits):
+        for second in splits[i + 1:]:
+            assert not lesions[first] & lesions[second], f"lesions shared by {first} and {second}"
+    return rows
+
+
+@pytest.mark.slow
+def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
+    repo = copy_repository(tmp_path / "repo")
+    run(["ham", "sample", "data/raw/sample"], repo)
+    first = run(["dvc", "repro"], repo)
+    for stage in STAGES:  # split's only output is the committed registry, so a fresh clone may skip it
+        assert f"Running stage '{stage}'" in first.stdout or f"Stage '{stage}' didn't change" in first.stdout
+    assert "Running stage 'release'" in first.stdout
+
+    rows = check_release(repo)
+    assert set(rows) == {"train", "test"}
+    assert sum(len(r) for r in rows.values()) > 60
+    candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
+    rejects = read_rows(repo / "data/interim/ingest/rejects.csv")
+    excluded = read_rows(repo / "data/interim/metadata/excluded.csv")
+    raw_files = [p for p in (repo / "data/raw/sample").rglob("*") if p.parent.name == "images"]
+    assert len(candidates) + len(rejects) == len(raw_files)  # every raw item accounted for
+    assert len(candidates) == len(excluded) + sum(len(r) for r in rows.values())
+    assert any("not a diagnosis" in e["reason"] or "residual" in e["reason"] for e in excluded)
+    assert {e["stage"] for e in excluded} >= {"filter", "metadata"}
+
+    second = run(["dvc", "repro"], repo)
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in second.stdout, second.stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+    # dvc.lock, the registries and the metrics come out exactly as committed: the build is reproducible.
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+
+
+def _real_sources(ham_data: Path, raw: Path) -> tuple[list[dict], dict[str, dict]]:
+    """One export source per HAM10000 `dataset` from the real images and metadata, plus DermNet clinical photos
+    (not dermatoscopic: the filter must drop them). Returns the source configs and the truth per image."""
+    truth = {r["image_id"]: r for r in read_rows(ham_data / "ham10000/metadata/HAM10000_metadata_with_dataset_DERIVED.csv")}
+    manifest = read_rows(ham_data / "ham10000/images_manifest.csv")
+    by_dataset = defaultdict(list)
+    for row in manifest:
+        by_dataset[row["dataset"]].append(truth[row["image_id"]])
+    columns = ["file", "lesion_key", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    sources = []
+    for dataset, images in sorted(by_dataset.items()):
+        folder = raw / dataset
+        (folder / "images").mkdir(parents=True)
+        with open(folder / "index.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns, lineterminator="\n")
+            writer.writeheader()
+            for row in images:
+                shutil.copyfile(ham_data / f"ham10000/images/{row['image_id']}.jpg",
+                                folder / f"images/{row['image_id']}.jpg")
+                writer.writerow({"file": f"images/{row['image_id']}.jpg", "lesion_key": row["lesion_id"],
+                                 **{c: row[c] for c in columns[2:]}})
+        sources.append({"name": dataset, "kind": "export", "path": f"data/raw/real/{dataset}",
+                        "options": {"index": "index.csv"}})
+    clinical = sorted((ham_data / "clinical/dermnet").glob("*.jpg"))[::4]
+    folder = raw / "dermnet"
+    (folder / "images").mkdir(parents=True)
+    with open(folder / "index.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["file", "lesion_key", "diagnosis"], lineterminator="\n")
+        writer.writeheader()
+        for number, path in enumerate(clinical):
+            shutil.copyfile(path, folder / "images" / path.name)
+            writer.writerow({"file": f"images/{path.name}", "lesion_key": f"DN-{number}",
+                             "diagnosis": path.name.split("__")[0].replace("_", " ")})
+    sources.append({"name": "dermnet", "kind": "export", "path": "data/raw/real/dermnet", "options": {}})
+    return sources, truth
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_real_images_pipeline(tmp_path, ham_data):
+    repo = copy_repository(tmp_path / "repo")
+    sources, truth = _real_sources(ham_data, repo / "data/raw/real")
+    # Annotate two in three images by where they came from (as a person at the annotation page would);
+    # the model decides the rest.
+    candidates_by_path = {}
+    for source in sources:
+        for path in sorted((repo / source["path"] / "images").iterdir()):
+            candidates_by_path[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+    annotations = {}
+    with open(repo / "data/raw/real/image_types.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["IMAGE", "ANNOTATION", "TIMESTAMP"])
+        for number, (path, digest) in enumerate(candidates_by_path.items()):
+            if number % 3:
+                annotations[digest] = "c" if "dermnet" in path.parts else "d"
+                writer.writerow([digest, annotations[digest], "2018-01-01T00:00:00"])
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ingest"]["sources"] = sources
+    params["filter"]["annotations"] = "data/raw/real/image_types.csv"
+    params["metadata"]["official_lesion_ids_from"] = [s["name"] for s in sources]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for registry in (repo / "registry").glob("*.csv"):
+        registry.unlink()  # a fresh repository for the real data
+
+    run(["dvc", "repro"], repo)
+    rows = check_release(repo)
+    released = {r["image_id"]: r for split_rows in rows.values() for r in split_rows}
+    excluded = read_rows(repo / "data/interim/metadata/excluded.csv")
+    candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
+    assert len(candidates) == len(candidates_by_path)
+    assert len(released) + len(excluded) == len(candidates)
+    decisions = {d["candidate_id"]: d for d in read_rows(repo / "data/interim/filter/decisions.csv")}
+    review = {r["candidate_id"] for r in read_rows(repo / "data/interim/filter/review_queue.csv")}
+    annotated = set(annotations)
+    dermnet = {c["candidate_id"] for c in candidates if c["source"] == "dermnet"}
+    dropped = {e["candidate_id"] for e in excluded}
+    kept = {c for c, d in decisions.items() if d["keep"] == "true"}
+    assert not {e["stage"] for e in excluded if e["candidate_id"] not in dermnet} - {"filter"}, \
+        "only the filter may drop a real dermatoscopic image"
+    assert dermnet <= dropped  # clinical photos never reach the release, whatever the filter said
+    # Annotations are obeyed; the model's mistakes are few, and every one of them waits in the review queue.
+    assert not annotated & dermnet & kept and (annotated - dermnet) <= kept
+    model_decided = set(decisions) - annotated
+    mistakes = (model_decided & dermnet & kept) | (model_decided - dermnet - kept)
+    # The skeleton's small network is not yet the paper's 98.68 %: its mistakes are bounded and reported.
+    assert len(mistakes) <= 0.08 * len(model_decided), f"{len(mistakes)} of {len(model_decided)} misfiled"
+    assert json.loads((repo / "metrics/filter.json").read_text())["holdout_accuracy"] >= 0.85
+    assert len(released) == len(candidates) - len(dropped)
+    for image_id, row in released.items():  # the release reproduces the real metadata, official IDs kept
+        expected = truth[image_id]
+        assert {k: row[k] for k in expected} == expected, image_id
+    assert set(rows) == {"train", "test"}
+    assert 0.12 < len(rows["test"]) / len(released) < 0.28
