@@ -10,6 +10,7 @@ the new images.
 from __future__ import annotations
 
 import io
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .common import (PipelineError, atomic_write_bytes, read_csv, sha256_bytes, 
 from .sources import ITEM_FIELDS, RawItem, Reject
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
-                     *ITEM_FIELDS)
+                     *ITEM_FIELDS, "extra")
 REJECT_COLUMNS = ("source", "origin", "member", "reason")
 PROVENANCE_COLUMNS = ("candidate_id", "source", "origin", "member")
 OBJECT_INDEX = "index.csv"
@@ -102,6 +103,12 @@ def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
             if row["checked_with"] == checked_with and (objects_dir / row["object"]).is_file()}
 
 
+def _extra(fields: dict) -> str:
+    """What a reader recorded beyond the common fields (crop box, raw scan hash, slide, year...), as sorted JSON."""
+    extra = {key: str(value) for key, value in fields.items() if key not in ITEM_FIELDS and value not in ("", None)}
+    return json.dumps(extra, sort_keys=True, ensure_ascii=False) if extra else ""
+
+
 @dataclass
 class IngestResult:
     candidates: list[dict]
@@ -168,7 +175,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             candidates[candidate_id] = {
                 **place, "kind": kind, "object": info["object"], "width": info["width"],
                 "height": info["height"], "format": info["format"],
-                **{name_: item.fields.get(name_, "") for name_ in ITEM_FIELDS}}
+                **{name_: item.fields.get(name_, "") for name_ in ITEM_FIELDS}, "extra": _extra(item.fields)}
 
     # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
     keep = {row["object"] for row in candidates.values()}

@@ -2,6 +2,7 @@
 
     release/<split>/images/<image_id>.jpg   the images of each split
     release/<split>/metadata.csv            HAM10000 columns (+ dataset) for that split
+    release/<split>/isic_metadata.csv       the same rows in ISIC Archive vocabulary (see pipeline/isic_export.py)
     release/ATTRIBUTION.md                  licence and citation
     release/manifest.csv                    every other file: sha256, size, split, image and lesion ID, label
 and a summary (counts per split and class) written beside it as a DVC metrics file.
@@ -14,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .common import atomic_write_bytes, read_csv, sha256_file, write_csv
+from .isic_export import write_isic_csv
 from .metadata import METADATA_COLUMNS
 from .split import SPLITS
 
@@ -44,7 +46,10 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
             manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
                              "lesion_id": row["lesion_id"], "dx": row["dx"]})
         write_csv(release_dir / split / "metadata.csv", by_split[split], METADATA_COLUMNS)
+        write_isic_csv(by_split[split], release_dir / split / "isic_metadata.csv", params["isic_attribution"],
+                       params["isic_license"])
         manifest.append({"path": f"{split}/metadata.csv", "split": split})
+        manifest.append({"path": f"{split}/isic_metadata.csv", "split": split})
     attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
     atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
     manifest.append({"path": "ATTRIBUTION.md"})

@@ -67,6 +67,16 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
     assert any("not a diagnosis" in e["reason"] or "residual" in e["reason"] for e in excluded)
     assert {e["stage"] for e in excluded} >= {"filter", "metadata"}
 
+    # De-identified: no raw file name, source lesion key or free-text report anywhere in the release's text files.
+    release_text = "\n".join(p.read_text() for p in (repo / "release").rglob("*") if p.suffix in (".csv", ".md"))
+    provenance = set()
+    for candidate in candidates:
+        provenance |= {Path(candidate["origin"]).name, Path(candidate["origin"]).stem, candidate["lesion_key"],
+                       candidate["diagnosis"], candidate["candidate_id"]}
+    provenance.discard("")
+    assert len(provenance) > 200
+    assert [s for s in provenance if s in release_text] == []
+
     second = run(["dvc", "repro"], repo)
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in second.stdout, second.stdout

@@ -16,7 +16,8 @@ from pipeline.split import assign_splits
 
 pytestmark = pytest.mark.real_data
 
-PARAMS = {"attribution": "Tschandl P, Rosendahl C, Kittler H. Sci. Data 5, 180161 (2018).",
+PARAMS = {"isic_attribution": "ViDIR Group, Department of Dermatology, Medical University of Vienna",
+          "isic_license": "CC-BY-NC", "attribution": "Tschandl P, Rosendahl C, Kittler H. Sci. Data 5, 180161 (2018).",
           "license": "CC BY-NC 4.0"}
 
 

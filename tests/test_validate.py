@@ -347,7 +347,7 @@ def candidate(**changes):
            "member": "ppt/media/image3.jpeg", "object": SHA + ".jpg", "width": "1024", "height": "768",
            "format": "JPEG", "lesion_key": "12345", "image_id": "", "diagnosis": "Compound naevus", "dx": "",
            "dx_type": "", "age": "47", "sex": "M", "localization": "back", "visit_date": "2001-03-04",
-           "image_type_hint": "", "split_hint": ""}
+           "image_type_hint": "", "split_hint": "", "extra": "{\"year\": \"2001\"}"}
     return {**row, **changes}
 
 
