@@ -27,3 +27,6 @@ validate: $(VENV)/.installed
 
 clean-demo:
 	rm -rf data/raw/sample data/interim models release
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.bench_ingest
