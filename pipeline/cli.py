@@ -136,6 +136,9 @@ def metadata(params_path, candidates, decisions, standardised, registry, out):
                             Path(params["rules"]) if params.get("rules") else None)
     click.echo(f"metadata: {counts['rows']} rows, {counts['excluded']} excluded (see {out}/excluded.csv), "
                f"{counts['new_image_ids']} new image IDs, {counts['new_lesion_ids']} new lesion IDs")
+    for source, figures in counts["unify_coverage"].items():  # how well the diagnosis rules cover each source
+        classes = ", ".join(f"{k} {v}" for k, v in figures.items() if v and k != "total")
+        click.echo(f"unify coverage {source}: {figures['total']} reports: {classes}")
 
 
 @main.command()

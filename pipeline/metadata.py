@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
-from .unify import load_rules, unify
+from .unify import coverage, load_rules, unify
 from .validate import validate_metadata_rows, values_agree
 
 HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
@@ -187,5 +187,10 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
          "split_hint": r["_candidate"].get("split_hint", "")} for r in rows), IMAGES_COLUMNS)
     excluded.sort(key=lambda e: (e["source"], e["origin"], e["member"], e["candidate_id"]))
     write_csv(out_dir / "excluded.csv", excluded, EXCLUDED_COLUMNS)
+    texts_by_source = defaultdict(list)
+    for candidate in candidates:
+        if candidate["diagnosis"].strip() and not candidate["dx"].strip():
+            texts_by_source[candidate["source"]].append(candidate["diagnosis"])
     return {"candidates": len(candidates), "rows": len(rows), "excluded": len(excluded),
-            "new_image_ids": len(images.added), "new_lesion_ids": len(lesions.added)}
+            "new_image_ids": len(images.added), "new_lesion_ids": len(lesions.added),
+            "unify_coverage": {source: coverage(texts, rules) for source, texts in sorted(texts_by_source.items())}}

@@ -54,6 +54,7 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
     for stage in STAGES:  # split's only output is the committed registry, so a fresh clone may skip it
         assert f"Running stage '{stage}'" in first.stdout or f"Stage '{stage}' didn't change" in first.stdout
     assert "Running stage 'release'" in first.stdout
+    assert "unify coverage rosendahl: 47 reports:" in first.stdout  # the rules' coverage, per source
 
     rows = check_release(repo)
     assert set(rows) == {"train", "test"}
