@@ -9,6 +9,7 @@ De-identified: the release columns carry no free text, file names, slide text or
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -17,7 +18,7 @@ from pathlib import Path
 from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
 from .unify import coverage, load_rules, unify
-from .validate import validate_metadata_rows, values_agree
+from .validate import DATASETS, validate_metadata_rows, values_agree
 
 HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 METADATA_COLUMNS = (*HAM_COLUMNS, "dataset")
@@ -78,9 +79,22 @@ def normalise(candidate: dict, rules, params: dict) -> dict:
     site = SITE_SYNONYMS.get(site, site)
     if site not in LOCALIZATIONS:
         raise Excluded(f"localization {candidate['localization']!r} is not in the release vocabulary")
-    datasets = params.get("datasets") or {}
     return {"dx": dx, "dx_type": dx_type, "age": bin_age(candidate["age"], params["age_cap"]), "sex": sex,
-            "localization": site, "dataset": datasets.get(candidate["source"], candidate["source"])}
+            "localization": site, "dataset": dataset_of(candidate, params.get("datasets") or {})}
+
+
+def dataset_of(candidate: dict, datasets: dict) -> str:
+    """The image's collection: as its source records it per image (the release's newer edition), else as
+    params maps the source, else the source's name. Public images whose collection no source records (the ISIC
+    2018 test set, an archive export) are 'unknown'; any other unmapped name fails validation with its value."""
+    recorded = json.loads(candidate.get("extra") or "{}").get("dataset", "")
+    if recorded:
+        return recorded
+    if candidate["source"] in datasets:
+        return datasets[candidate["source"]]
+    if candidate.get("image_id") and candidate["source"] not in DATASETS:
+        return "unknown"
+    return candidate["source"]
 
 
 def _harmonise_lesions(rows: list[dict], exclude) -> list[dict]:

@@ -34,6 +34,9 @@ TABLE_SCHEMAS = {
 }
 
 BOM = b"\xef\xbb\xbf"
+# The study's four collections (the `dataset` column); 'unknown' is also valid, for public images whose
+# collection no source records (the ISIC 2018 test set).
+DATASETS = ("rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias")
 # Sources whose images were all confirmed by histopathology (Tschandl et al. 2018, table 1).
 HISTO_ONLY_DATASETS = ("rosendahl", "vienna_dias")
 # Fields on which all images of one lesion must agree.

@@ -275,3 +275,18 @@ def test_official_image_id_conflict_is_an_error(tmp_path, scenario):
     from pipeline.common import PipelineError
     with pytest.raises(PipelineError, match=official["image_id"]):
         run(tmp_path, "v2", scenario, [*scenario["rows"], thief])
+
+
+@pytest.mark.parametrize("candidate, datasets, expected", [
+    ({"source": "public", "image_id": "ISIC_0024306", "extra": '{"dataset": "vidir_molemax"}'}, {}, "vidir_molemax"),
+    ({"source": "public", "image_id": "ISIC_0024306", "extra": '{"dataset": "vidir_molemax"}'},
+     {"public": "rosendahl"}, "vidir_molemax"),  # the per-image record wins over the per-source mapping
+    ({"source": "queensland", "image_id": "", "extra": ""}, {"queensland": "rosendahl"}, "rosendahl"),
+    ({"source": "rosendahl", "image_id": "", "extra": ""}, {}, "rosendahl"),
+    ({"source": "public", "image_id": "ISIC_0034524", "extra": ""}, {}, "unknown"),  # ISIC 2018 test image
+    ({"source": "queensland", "image_id": "", "extra": ""}, {}, "queensland"),  # left for validation to name
+])
+def test_dataset_of(candidate, datasets, expected):
+    from pipeline.metadata import dataset_of
+
+    assert dataset_of(candidate, datasets) == expected

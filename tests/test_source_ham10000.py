@@ -235,3 +235,57 @@ def test_missing_ground_truth_rejects_the_test_images(tmp_path, ham_data):
     # and an explicitly named test zip that is absent is reported
     items, rejects = split(read_ham10000(tmp_path / "raw", {"test_zip": "nope.zip"}))
     assert any(r.origin == "nope.zip" and "not found" in r.reason for r in rejects)
+
+
+def test_isic_export_as_test_metadata_carries_the_test_set_through_the_metadata_stage(tmp_path, ham_data):
+    """The archive export, copied in unchanged, gives the official test images lesion IDs, dx_type, age, sex and
+    site, so none of them is excluded by the metadata stage (without it they have no dx_type)."""
+    from pipeline.common import read_csv, write_csv
+    from pipeline.filter import DECISION_COLUMNS
+    from pipeline.metadata import build_metadata
+    from pipeline.standardise import standardise
+
+    built = build_release(tmp_path / "raw", ham_data)
+    export = ham_data / "ham10000" / "metadata" / "ISIC_archive_HAM10000_collection_metadata.csv"
+    (tmp_path / "raw" / "isic_metadata.csv").write_bytes(export.read_bytes())
+    _, archive_rows = read_rows(export)
+    archive = {row["isic_id"]: row for row in archive_rows}
+    config = {"name": "public", "kind": "ham10000", "path": "raw", "options": {"test_metadata": "isic_metadata.csv"}}
+    result = ingest([config], tmp_path, tmp_path / "ingest", 100_000_000)
+    assert result.rejects == [] and len(result.candidates) == 490 + 70
+
+    decisions = [{"candidate_id": c["candidate_id"], "image_type": "dsc", "confidence": "1.000000", "p_dsc": "1",
+                  "p_macro": "0", "p_clinic": "0", "decided_by": "annotation", "keep": "true", "review": "false"}
+                 for c in result.candidates]
+    write_csv(tmp_path / "decisions.csv", decisions, DECISION_COLUMNS)
+    standardise(tmp_path / "ingest" / "candidates.csv", tmp_path / "decisions.csv", tmp_path / "ingest" / "objects",
+                {"width": 600, "height": 450, "quality": 100, "density": 72}, tmp_path / "std" / "images",
+                tmp_path / "std" / "index.csv")
+    params = {"age_cap": 85, "ids": {"image_prefix": "ISIC_", "image_start": 9000000, "lesion_prefix": "HAM_",
+                                     "lesion_start": 9000000},
+              "official_lesion_ids_from": ["public"], "datasets": {}}
+    counts = build_metadata(tmp_path / "ingest" / "candidates.csv", tmp_path / "decisions.csv",
+                            tmp_path / "std" / "index.csv", params, tmp_path / "registry", tmp_path / "meta")
+    excluded = read_csv(tmp_path / "meta" / "excluded.csv")
+    assert excluded == [], [(e["member"], e["stage"], e["reason"]) for e in excluded[:3]]
+    assert counts["rows"] == 560
+    rows = {row["image_id"]: row for row in read_csv(tmp_path / "meta" / "metadata.csv")}
+    hints = {row["image_id"]: row["split_hint"] for row in read_csv(tmp_path / "meta" / "images.csv")}
+    sites = {"posterior torso": "back", "palms/soles": "acral", "lower extremity": "lower extremity",
+             "upper extremity": "upper extremity"}
+    confirm = {"histopathology": "histo", "serial imaging showing no change": "follow_up",
+               "single image expert consensus": "consensus", "confocal microscopy with consensus dermoscopy": "confocal"}
+    for image_id, truth in built["test"].items():
+        row, source = rows[image_id], archive[image_id]
+        assert hints[image_id] == "test"
+        assert row["dx"] == next(c.lower() for c in CLASSES if float(truth[c]) == 1.0)
+        assert row["dx_type"] == confirm[source["diagnosis_confirm_type"]]
+        assert row["sex"] == (source["sex"] or "unknown")
+        assert row["localization"] == sites.get(source["anatom_site_general"], "unknown")
+        assert row["dataset"] == "unknown"  # no source records the test images' collection
+    # One archive lesion is one lesion of ours: images sharing an IL_ ID share a HAM_ ID, and no other does.
+    test_lesions = {}
+    for image_id in built["test"]:
+        test_lesions.setdefault(archive[image_id]["lesion_id"], set()).add(rows[image_id]["lesion_id"])
+    assert all(len(ours) == 1 for ours in test_lesions.values())
+    assert len({next(iter(ours)) for ours in test_lesions.values()}) == len(test_lesions)

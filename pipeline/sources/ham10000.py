@@ -16,7 +16,9 @@ Options (all file names relative to the source root):
   test_ground_truth: the test labels (default `ISIC2018_Task3_Test_GroundTruth.csv`)
   test_metadata:     optional CSV with the test images' lesion IDs: column `image` or `image_id`, column
                      `lesion_id`, and optionally dx_type (or ISIC's diagnosis_confirm_type), age, sex,
-                     localization. Without it each test image is its own lesion, key `test/<image_id>`, and
+                     localization; or the ISIC Archive export of the collection as it is (isic_id, lesion_id,
+                     diagnosis_confirm_type, age_approx, sex, anatom_site_general: sites coarser than the
+                     release's vocabulary become `unknown`, the raw site is kept as an extra field). Without it each test image is its own lesion, key `test/<image_id>`, and
                      the test images carry no dx_type (the ground truth has none).
   max_member_bytes:  zip members larger than this are rejected unread (default 256 MiB; zip bombs)
 
@@ -41,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 from . import RawItem, Reject
+from .isic import CONFIRM_TYPES, SITES
 
 DEFAULT_METADATA = "HAM10000_metadata.csv"
 DEFAULT_ZIPS = ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
@@ -51,10 +54,6 @@ DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 GROUND_TRUTH_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-# ISIC's diagnosis_confirm_type, accepted in the optional test metadata
-CONFIRM_TYPES = {"histopathology": "histo", "serial imaging showing no change": "follow_up",
-                 "single image expert consensus": "consensus",
-                 "confocal microscopy with consensus dermoscopy": "confocal"}
 
 
 class BadTable(Exception):
@@ -190,14 +189,19 @@ def ground_truth_catalogue(root: Path, ground_truth: str, metadata: str | None) 
 
 
 def read_test_lesions(root: Path, name: str) -> tuple[dict[str, dict], list[Reject]]:
-    """image ID -> lesion_key (and dx_type, age, sex, localization where given) from the test metadata."""
+    """image ID -> lesion_key (and dx_type, age, sex, localization where given) from the test metadata.
+
+    Takes either a plain table (image or image_id, lesion_id, optional dx_type/diagnosis_confirm_type, age, sex,
+    localization) or the ISIC Archive export as it is (isic_id, lesion_id, diagnosis_confirm_type, age_approx,
+    sex, anatom_site_general). Rows for images outside the test set are simply not looked up.
+    """
     try:
         header, rows = read_table(root, name, ("lesion_id",))
     except BadTable as error:
         return {}, [Reject(name, "", str(error))]
-    id_column = "image" if "image" in header else "image_id" if "image_id" in header else None
+    id_column = next((c for c in ("image", "image_id", "isic_id") if c in header), None)
     if id_column is None:
-        return {}, [Reject(name, "", f"{name}: missing column 'image' (or 'image_id')")]
+        return {}, [Reject(name, "", f"{name}: missing column 'image' (or 'image_id', 'isic_id')")]
     found, rejects = {}, []
     for number, row in rows:
         image_id = row[id_column]
@@ -205,15 +209,30 @@ def read_test_lesions(root: Path, name: str) -> tuple[dict[str, dict], list[Reje
             problem = "repeated image" if image_id in found else "empty image or lesion_id"
             rejects.append(Reject(name, f"row {number}", f"{name} row {number}: {problem} {image_id!r}"))
             continue
-        fields = {"lesion_key": row["lesion_id"]}
-        confirm = row.get("dx_type") or row.get("diagnosis_confirm_type") or ""
-        if confirm:
-            fields["dx_type"] = CONFIRM_TYPES.get(confirm.lower(), confirm)
-        for column in ("age", "sex", "localization"):
-            if row.get(column):
-                fields[column] = row[column]
-        found[image_id] = fields
+        found[image_id] = test_fields(row)
     return found, rejects
+
+
+def test_fields(row: dict) -> dict:
+    """Our fields from one test-metadata row, in HAM or ISIC vocabulary."""
+    fields = {"lesion_key": row["lesion_id"]}
+    confirm = row.get("dx_type") or row.get("diagnosis_confirm_type") or ""
+    if confirm:
+        fields["dx_type"] = CONFIRM_TYPES.get(confirm.lower(), confirm)
+    age = row.get("age") or row.get("age_approx") or ""
+    if age:
+        fields["age"] = age
+    if row.get("sex"):
+        fields["sex"] = row["sex"]
+    if row.get("localization"):
+        fields["localization"] = row["localization"]
+    elif row.get("anatom_site_general"):
+        # Only the sites that map one to one are translated; head/neck and anterior torso are coarser than the
+        # release's vocabulary, so the site is 'unknown' there and the archive's value is kept as an extra field.
+        site = row["anatom_site_general"]
+        fields["localization"] = SITES.get(site.lower(), "unknown")
+        fields["anatom_site_general"] = site
+    return fields
 
 
 def read_zip(root: Path, zip_name: str, catalogue: Catalogue, seen: dict[str, str],
