@@ -4,8 +4,9 @@ Every raw item ends up either as a candidate (one row per distinct image, named 
 or as a row of the rejects ledger with the reason. Image checks (empty, not an image, truncated, over the pixel
 limit) are the same for every kind of source. Images that are not plain 8-bit RGB JPEG/PNG, or that carry an
 EXIF rotation, are stored as a normalised lossless PNG so later stages see upright RGB pixels.
-Work is cached by content hash in the (persistent) object store: re-running after a source grows only decodes
-the new images.
+Work is cached twice: images by content hash in the (persistent) object store, so an image is decoded once; and
+raw files by their stamp (path, size, mtime, inode, joined fields) in `read_cache.json`, so a re-run after one
+new deck or folder reads only the new files (see `sources.Unit`).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import sources
-from .common import (PipelineError, atomic_write_bytes, read_csv, sha256_bytes, source_version, write_csv,
-                     progress)
-from .sources import ITEM_FIELDS, RawItem, Reject
+from .common import (PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, source_version,
+                     stable_hash, write_csv)
+from .sources import ITEM_FIELDS, Reject, Unit
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
                      *ITEM_FIELDS, "extra")
@@ -109,12 +110,38 @@ def _extra(fields: dict) -> str:
     return json.dumps(extra, sort_keys=True, ensure_ascii=False) if extra else ""
 
 
+READ_CACHE = "read_cache.json"  # beside the stage's outputs, not one of them: stat stamps are machine-local
+
+
 @dataclass
 class IngestResult:
     candidates: list[dict]
     rejects: list[dict]
     provenance: list[dict]
-    decoded: int  # images decoded this run (the rest came from the cache)
+    decoded: int  # images decoded this run (the rest came from the object store)
+    units_read: int = 0  # raw files read this run (decks opened, images read, scans cropped)
+    units_cached: int = 0  # raw files whose items came from the read cache, unread
+
+
+class ReadCache:
+    """Unit key -> the outcome of reading that unit: its items (hash, origin, member, fields) and its rejects
+    (reader rejects and image-check rejects alike). Only the keys used in a run are written back, so it never
+    grows beyond the current sources. A damaged or foreign file is ignored and rebuilt."""
+
+    def __init__(self, path: Path, checked_with: str):
+        self.path, self.checked_with = path, checked_with
+        self.old: dict[str, list] = {}
+        self.new: dict[str, list] = {}
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("checked_with") == checked_with:
+                self.old = stored["units"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+
+    def save(self) -> None:
+        atomic_write_bytes(self.path, json.dumps({"checked_with": self.checked_with, "units": self.new},
+                                                 sort_keys=True, ensure_ascii=False).encode())
 
 
 def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int) -> IngestResult:
@@ -122,13 +149,60 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     out_dir = Path(out_dir)
     objects_dir = out_dir / "objects"
     objects_dir.mkdir(parents=True, exist_ok=True)
-    checked_with = f"{source_version(sys.modules[__name__])}-{max_pixels}"
+    checked_with = f"{source_version(sys.modules[__name__], sources)}-{max_pixels}"
     cache = _load_object_index(objects_dir, checked_with)
+    reads = ReadCache(out_dir / READ_CACHE, checked_with)
 
     candidates: dict[str, dict] = {}
     rejects: list[dict] = []
     provenance: list[dict] = []
-    decoded = 0
+    counts = {"decoded": 0, "units_read": 0, "units_cached": 0}
+
+    def reject(name: str, origin: str, member: str, reason: str) -> dict:
+        rejects.append({"source": name, "origin": origin, "member": member, "reason": reason})
+        return {"origin": origin, "member": member, "reason": reason}
+
+    def take(name: str, kind: str, candidate_id: str, origin: str, member: str, fields: dict,
+             data: bytes | None) -> dict:
+        """One image (bytes given, or known from the caches) -> candidate, duplicate or reject; its cache entry."""
+        entry = {"sha256": candidate_id, "origin": origin, "member": member, "fields": fields}
+        place = {"candidate_id": candidate_id, "source": name, "origin": origin, "member": member}
+        if candidate_id in candidates:
+            first = candidates[candidate_id]
+            provenance.append(place)
+            reject(name, origin, member, f"duplicate of candidate {candidate_id[:12]} "
+                                         f"(kept from {first['source']}:{first['origin']} {first['member']})".strip())
+            return entry
+        info = cache.get(candidate_id)
+        if info is None:
+            try:
+                checked = check_image(data, max_pixels)
+            except BadImage as error:
+                return reject(name, origin, member, str(error))
+            counts["decoded"] += 1
+            object_name = candidate_id + checked.extension
+            atomic_write_bytes(objects_dir / object_name, checked.stored)
+            info = {"candidate_id": candidate_id, "object": object_name, "width": checked.width,
+                    "height": checked.height, "format": checked.format, "checked_with": checked_with}
+            cache[candidate_id] = info
+        provenance.append(place)
+        candidates[candidate_id] = {
+            **place, "kind": kind, "object": info["object"], "width": info["width"],
+            "height": info["height"], "format": info["format"],
+            **{name_: fields.get(name_, "") for name_ in ITEM_FIELDS}, "extra": _extra(fields)}
+        return entry
+
+    def handle(name: str, kind: str, element) -> dict:
+        if isinstance(element, Reject):
+            return reject(name, element.origin, element.member, element.reason)
+        # Fields as strings, so a field read now and one replayed from the JSON cache are written identically.
+        fields = {key: "" if value is None else str(value) for key, value in element.fields.items()}
+        return take(name, kind, sha256_bytes(element.data), element.origin, element.member, fields, element.data)
+
+    def replayable(entries: list | None) -> bool:
+        # Every image the unit gave must still be in the object store; else read the unit again.
+        return entries is not None and all("reason" in e or e["sha256"] in cache for e in entries)
+
     names = [config.get("name") for config in source_configs]
     for position, config in enumerate(source_configs):
         name, kind, path = config.get("name"), config.get("kind"), config.get("path")
@@ -144,38 +218,24 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         root = (Path(base_dir) / path).resolve()
         if not root.is_dir():
             raise PipelineError(f"source {name}: folder {path} not found")
-        for item in progress(read(root, dict(config.get("options") or {})), f"ingest {name}"):
-            if isinstance(item, Reject):
-                rejects.append({"source": name, "origin": item.origin, "member": item.member, "reason": item.reason})
+        reader_version = source_version(sys.modules[read.__module__])
+        for element in progress(read(root, dict(config.get("options") or {})), f"ingest {name}"):
+            if not isinstance(element, Unit):
+                handle(name, kind, element)
                 continue
-            candidate_id = sha256_bytes(item.data)
-            place = {"candidate_id": candidate_id, "source": name, "origin": item.origin, "member": item.member}
-            if candidate_id in candidates:
-                first = candidates[candidate_id]
-                provenance.append(place)
-                rejects.append({**{k: place[k] for k in ("source", "origin", "member")},
-                                "reason": f"duplicate of candidate {candidate_id[:12]} "
-                                          f"(kept from {first['source']}:{first['origin']} {first['member']})".strip()})
-                continue
-            info = cache.get(candidate_id)
-            if info is None:
-                try:
-                    checked = check_image(item.data, max_pixels)
-                except BadImage as error:
-                    rejects.append({"source": name, "origin": item.origin, "member": item.member,
-                                    "reason": str(error)})
-                    continue
-                decoded += 1
-                object_name = candidate_id + checked.extension
-                atomic_write_bytes(objects_dir / object_name, checked.stored)
-                info = {"candidate_id": candidate_id, "object": object_name, "width": checked.width,
-                        "height": checked.height, "format": checked.format, "checked_with": checked_with}
-                cache[candidate_id] = info
-            provenance.append(place)
-            candidates[candidate_id] = {
-                **place, "kind": kind, "object": info["object"], "width": info["width"],
-                "height": info["height"], "format": info["format"],
-                **{name_: item.fields.get(name_, "") for name_ in ITEM_FIELDS}, "extra": _extra(item.fields)}
+            key = stable_hash([kind, reader_version, element.stamp])
+            entries = reads.old.get(key)
+            if replayable(entries):
+                counts["units_cached"] += 1
+                for entry in entries:
+                    if "reason" in entry:
+                        reject(name, entry["origin"], entry["member"], entry["reason"])
+                    else:
+                        take(name, kind, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
+            else:
+                counts["units_read"] += 1
+                entries = [handle(name, kind, result) for result in element.read()]
+            reads.new[key] = entries
 
     # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
     keep = {row["object"] for row in candidates.values()}
@@ -188,4 +248,5 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     write_csv(out_dir / "candidates.csv", ordered, CANDIDATE_COLUMNS)
     write_csv(out_dir / "rejects.csv", rejects, REJECT_COLUMNS)
     write_csv(out_dir / "provenance.csv", provenance, PROVENANCE_COLUMNS)
-    return IngestResult(ordered, rejects, provenance, decoded)
+    reads.save()
+    return IngestResult(ordered, rejects, provenance, **counts)

@@ -8,7 +8,14 @@ import pytest
 
 from pipeline.ingest import ingest
 from pipeline.sources import ITEM_FIELDS, RawItem, Reject
-from pipeline.sources.ham10000 import read_ham10000
+from pipeline.sources import expand
+from pipeline.sources import ham10000 as reader_module
+
+
+def read_ham10000(root, options):
+    """The reader's output with every unit read, as ingest sees it on a first run."""
+    return list(expand(reader_module.read_ham10000(root, options)))
+
 
 pytestmark = pytest.mark.real_data
 

@@ -10,7 +10,14 @@ from PIL import Image
 
 from pipeline.common import PipelineError
 from pipeline.sources import RawItem, Reject
-from pipeline.sources.slides import read_slides
+from pipeline.sources import expand
+from pipeline.sources import slides as reader_module
+
+
+def read_slides(root, options):
+    """The reader's output with every unit read, as ingest sees it on a first run."""
+    return list(expand(reader_module.read_slides(root, options)))
+
 
 pytestmark = pytest.mark.real_data
 

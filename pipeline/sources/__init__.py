@@ -2,11 +2,19 @@
 
 A reader turns one raw source folder into a stream of `RawItem` (an image file's bytes plus what the source says
 about it) and `Reject` (a raw item that could not be used, with the reason). Readers never decide whether bytes
-are a usable image: ingest checks every item the same way. Register a new kind in `READERS`.
+are a usable image: ingest checks every item the same way. Register a new kind in `KINDS`.
+
+The costly part of a reader (reading an image file, unpacking a zip member, opening a deck, cropping a scan) goes
+into a `Unit`: its `stamp` names everything the unit's items depend on (the file's path, size, modification time
+and inode, the fields the reader joined onto it, the options that shape it), and ingest calls `read()` only when
+it has not seen that stamp with the same reader code before. That is how a re-run after one new deck or folder
+only reads the new material. The catalogue work around the units (listing files, reading index tables, matching
+rows to files) stays in the reader and runs every time: it is cheap, and it is where rejects across files arise.
 """
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Union
@@ -42,7 +50,51 @@ class Reject:
     reason: str
 
 
-Reader = Callable[[Path, dict], Iterator[Union[RawItem, Reject]]]
+@dataclass
+class Unit:
+    """Items of one raw file that ingest may take from its read cache instead of calling `read()`.
+
+    `read()` is called, if at all, before the reader is asked for its next element (so it may use an archive the
+    reader holds open), and returns the file's items and rejects."""
+
+    origin: str
+    stamp: str
+    read: Callable[[], "list[Union[RawItem, Reject]]"]
+
+
+def file_stamp(path: Path, *context) -> str:
+    """A cheap identity of a file's current content (as DVC's own state cache uses) plus what the reader adds.
+
+    Path, size, modification time in ns and inode: a file rewritten, touched, replaced or checked out anew gets
+    a new stamp. `context` (fields joined from an index, options) is serialised as sorted JSON."""
+    path = Path(path).resolve()
+    info = path.stat()
+    return json.dumps([str(path), info.st_size, info.st_mtime_ns, info.st_ino, list(context)], sort_keys=True,
+                      ensure_ascii=False, default=str)
+
+
+def file_unit(path: Path, origin: str, member: str, fields: dict, unreadable: str) -> Unit:
+    """The commonest unit: one image file read whole, yielded with the fields the reader matched to it.
+    `unreadable` starts the reject's reason if the file cannot be read."""
+    def read() -> list:
+        try:
+            return [RawItem(Path(path).read_bytes(), origin, member, fields)]
+        except OSError as error:
+            return [Reject(origin, member, f"{unreadable} ({error.strerror or error})")]
+
+    return Unit(origin, file_stamp(path, member, fields), read)
+
+
+def expand(elements) -> Iterator[Union[RawItem, Reject]]:
+    """A reader's output with every unit read: what ingest sees on a first run (for tests and tools)."""
+    for element in elements:
+        if isinstance(element, Unit):
+            yield from element.read()
+        else:
+            yield element
+
+
+Reader = Callable[[Path, dict], Iterator[Union[RawItem, Reject, Unit]]]
 
 # kind -> (module in this package, reader function). A reader takes (source root folder, options dict).
 KINDS = {

@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import ITEM_FIELDS, RawItem, Reject
+from . import ITEM_FIELDS, RawItem, Reject, Unit, file_unit
 
 INDEX_SKIP = {".csv", ".xlsx", ".xls", ".md", ".txt", ".json", ".yaml", ".yml"}
 
@@ -124,7 +124,7 @@ def read_index(root: Path, name: str, options: dict) -> tuple[str, list[tuple[st
     return label, rows
 
 
-def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     index_name = options.get("index", "index.csv")
     columns = dict(options.get("columns") or {})
     images_dir = root / options.get("images", ".")
@@ -150,13 +150,8 @@ def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
         if not path.is_file():
             yield Reject(origin, member, f"{label} {member}: image file {relative} not found")
             continue
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            yield Reject(origin, member, f"{label} {member}: image file {relative} cannot be read ({error})")
-            continue
         fields = {name: (row.get(columns.get(name, name)) or "").strip() for name in ITEM_FIELDS}
-        yield RawItem(data, origin, member, fields)
+        yield file_unit(path, origin, member, fields, f"{label} {member}: image file {relative} cannot be read")
 
     for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
         origin = path.relative_to(root).as_posix()

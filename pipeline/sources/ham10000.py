@@ -39,10 +39,11 @@ from __future__ import annotations
 import csv
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import RawItem, Reject
+from . import RawItem, Reject, Unit, file_stamp
 from .isic import CONFIRM_TYPES, SITES
 
 DEFAULT_METADATA = "HAM10000_metadata.csv"
@@ -236,7 +237,7 @@ def test_fields(row: dict) -> dict:
 
 
 def read_zip(root: Path, zip_name: str, catalogue: Catalogue, seen: dict[str, str],
-             max_bytes: int) -> Iterator[Union[RawItem, Reject]]:
+             max_bytes: int) -> Iterator[Union[RawItem, Reject, Unit]]:
     """Every member of one zip as an item (matched to the catalogue) or a reject; never extracts anything."""
     try:
         archive = zipfile.ZipFile(root / zip_name)
@@ -268,19 +269,25 @@ def read_zip(root: Path, zip_name: str, catalogue: Catalogue, seen: dict[str, st
                 continue
             seen[image_id] = f"{zip_name}:{name}"  # its metadata row is answered by this member, readable or not
             catalogue.used.add(image_id)
-            try:
-                with archive.open(info) as handle:
-                    data = handle.read(max_bytes + 1)
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
-                    ValueError) as error:
-                yield Reject(zip_name, name, f"{zip_name}: member {name} cannot be read ({error})")
-                continue
-            if len(data) > max_bytes:
-                yield Reject(zip_name, name, f"{zip_name}: member {name} unpacks to more than "
-                                             f"max_member_bytes = {max_bytes}")
-                continue
             _, fields = catalogue.entries[image_id]
-            yield RawItem(data, zip_name, name, dict(fields))
+            stamp = file_stamp(root / zip_name, name, info.CRC, info.file_size, info.compress_size, fields)
+            yield Unit(zip_name, stamp, partial(read_member, archive, info, zip_name, dict(fields), max_bytes))
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str, fields: dict,
+                max_bytes: int) -> list:
+    """One member's bytes, read into memory (never extracted), or a reject with the reason."""
+    name = info.filename
+    try:
+        with archive.open(info) as handle:
+            data = handle.read(max_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
+            ValueError) as error:
+        return [Reject(zip_name, name, f"{zip_name}: member {name} cannot be read ({error})")]
+    if len(data) > max_bytes:
+        return [Reject(zip_name, name, f"{zip_name}: member {name} unpacks to more than "
+                                       f"max_member_bytes = {max_bytes}")]
+    return [RawItem(data, zip_name, name, fields)]
 
 
 def unmatched_rows(catalogue: Catalogue, zip_names: list[str], unreadable: list[str]) -> Iterator[Reject]:
@@ -293,7 +300,7 @@ def unmatched_rows(catalogue: Catalogue, zip_names: list[str], unreadable: list[
 
 
 def read_zips(root: Path, zip_names: list[str], catalogue: Catalogue, seen: dict[str, str],
-              max_bytes: int) -> Iterator[Union[RawItem, Reject]]:
+              max_bytes: int) -> Iterator[Union[RawItem, Reject, Unit]]:
     unreadable = []
     for zip_name in zip_names:
         if not (root / zip_name).is_file():
@@ -307,7 +314,7 @@ def read_zips(root: Path, zip_names: list[str], catalogue: Catalogue, seen: dict
     yield from unmatched_rows(catalogue, zip_names, unreadable)
 
 
-def read_ham10000(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+def read_ham10000(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     max_bytes = int(options.get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES))
     zip_names = list(options.get("zips") or DEFAULT_ZIPS)
     seen: dict[str, str] = {}  # image_id -> where its first copy was found, across all zips

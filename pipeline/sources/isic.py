@@ -44,7 +44,7 @@ import csv
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import RawItem, Reject
+from . import RawItem, Reject, Unit, file_unit
 
 REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "diagnosis",
                     "diagnosis_confirm_type", "image_type", "lesion_id", "sex")
@@ -119,7 +119,7 @@ def read_metadata(root: Path, name: str, sites: dict) -> tuple[dict[str, tuple[i
     return entries, rejects, ""
 
 
-def read_isic(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+def read_isic(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     metadata_name = options.get("metadata", "metadata.csv")
     images_option = options.get("images", ".")
     images_dir = root / images_option
@@ -145,13 +145,8 @@ def read_isic(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
             yield Reject(origin, "", f"{origin}: second copy of {isic_id} (first: {found[isic_id]})")
         else:
             found[isic_id] = origin  # its row is answered by this file, readable or not
-            try:
-                data = path.read_bytes()
-            except OSError as error:
-                yield Reject(origin, "", f"{origin} cannot be read ({error})")
-                continue
             number, fields = entries[isic_id]
-            yield RawItem(data, origin, f"{metadata_name} row {number}", dict(fields))
+            yield file_unit(path, origin, f"{metadata_name} row {number}", dict(fields), f"{origin} cannot be read")
 
     for isic_id, (number, _) in sorted(entries.items(), key=lambda entry: entry[1][0]):
         if isic_id not in found:

@@ -60,10 +60,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Union
 
-from . import ITEM_FIELDS, RawItem, Reject
+from ..common import stable_hash
+from . import ITEM_FIELDS, RawItem, Reject, Unit, file_stamp
 
 DEFAULT_PATTERN = "**/*.pptx"
 DEFAULT_LEGACY_PATTERN = "**/*.ppt"
@@ -341,7 +343,7 @@ def _read_deck(path: Path, origin: str, year: str, deck_problem: str, id_pattern
             yield RawItem(data, origin, member, fields)
 
 
-def read_pptx(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+def read_pptx(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     root = Path(root)
     id_pattern = _compile(options, "id_pattern", DEFAULT_ID_PATTERN)
     if id_pattern is None or id_pattern.groups < 1:
@@ -353,6 +355,7 @@ def read_pptx(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
     if options.get("workbook"):
         joined, workbook_rejects = _read_workbook(root, options)
         yield from workbook_rejects
+    joined_digest = stable_hash(joined)  # a workbook change re-reads every deck: any lesion may have changed
 
     decks = _find_decks(root, options.get("pattern") or DEFAULT_PATTERN,
                         options.get("legacy_pattern", DEFAULT_LEGACY_PATTERN))
@@ -367,12 +370,18 @@ def read_pptx(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
             reason = "no year (19xx or 20xx) in the file name" if not years else \
                 f"several years in the file name ({', '.join(years)})"
             deck_problem = f"{origin}: {reason}; decks are one per calendar year, named e.g. rosendahl_1999.pptx"
-        if not legacy:
-            yield from _read_deck(path, origin, year, deck_problem, id_pattern, diagnosis_pattern, joined)
-            continue
-        with tempfile.TemporaryDirectory(prefix="ham-ppt-") as scratch:
-            converted, why = _convert_ppt(path, origin, Path(scratch), timeout)
-            if converted is None:
-                yield Reject(origin, "", why)
-                continue
-            yield from _read_deck(converted, origin, year, deck_problem, id_pattern, diagnosis_pattern, joined)
+        context = (year, deck_problem, id_pattern.pattern, diagnosis_pattern and diagnosis_pattern.pattern,
+                   joined_digest, legacy and timeout)
+        yield Unit(origin, file_stamp(path, *context), partial(_read_any_deck, path, origin, legacy, timeout, year,
+                                                               deck_problem, id_pattern, diagnosis_pattern, joined))
+
+
+def _read_any_deck(path: Path, origin: str, legacy: bool, timeout: float, *deck_args) -> list:
+    """One deck's pictures and rejects (a legacy .ppt converted first): the work a re-run skips."""
+    if not legacy:
+        return list(_read_deck(path, origin, *deck_args))
+    with tempfile.TemporaryDirectory(prefix="ham-ppt-") as scratch:
+        converted, why = _convert_ppt(path, origin, Path(scratch), timeout)
+        if converted is None:
+            return [Reject(origin, "", why)]
+        return list(_read_deck(converted, origin, *deck_args))

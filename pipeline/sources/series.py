@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Iterator, Union
 
 from ..common import PipelineError
-from . import RawItem, Reject
+from . import RawItem, Reject, Unit, file_unit
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db"}
@@ -250,7 +250,7 @@ def lesion_fields(key: tuple[str, str], dates: set[datetime.date], described: Le
     return fields
 
 
-def read_series(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+def read_series(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     settings = SeriesOptions.from_dict(options)
     described, trusted, csv_rejects = read_lesions(root, settings)
     yield from csv_rejects
@@ -268,9 +268,5 @@ def read_series(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
                                trusted, settings)
         for image in images:
             visit = image.date.isoformat()
-            try:
-                data = image.path.read_bytes()
-            except OSError as error:
-                yield Reject(image.origin, f"visit {visit}", f"{image.origin}: unreadable ({error.strerror})")
-                continue
-            yield RawItem(data, image.origin, f"visit {visit}", {**shared, "visit_date": visit})
+            yield file_unit(image.path, image.origin, f"visit {visit}", {**shared, "visit_date": visit},
+                            f"{image.origin}: unreadable")

@@ -48,7 +48,8 @@ import hashlib
 import io
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from functools import partial
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
@@ -56,7 +57,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..common import PipelineError
-from . import ITEM_FIELDS, RawItem, Reject
+from . import ITEM_FIELDS, RawItem, Reject, Unit, file_stamp
 from .export import INDEX_SKIP, _safe_relative
 
 IGNORED_NAMES = {".DS_Store", "Thumbs.db"}
@@ -242,7 +243,7 @@ def crop_scan(data: bytes, origin: str, options: SlideOptions) -> tuple[bytes, s
     return buffer.getvalue(), f"crop {text}", {**fields, "crop_box": text}
 
 
-def read_slides(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
+def read_slides(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     settings = SlideOptions.from_dict(options)
     index_name = settings.index
     file_column = settings.columns.get("file", "file")
@@ -281,18 +282,22 @@ def read_slides(root: Path, options: dict) -> Iterator[Union[RawItem, Reject]]:
             yield Reject(origin, member, f"{index_name} {member}: scan file {relative} not found")
             continue
         fields = {name: (row.get(settings.columns.get(name, name)) or "").strip() for name in ITEM_FIELDS}
-        try:
-            data, crop_member, extra = crop_scan(path.read_bytes(), origin, settings)
-        except OSError as error:
-            yield Reject(origin, member, f"{origin}: unreadable ({error.strerror})")
-            continue
-        except ValueError as error:
-            yield Reject(origin, member, f"{origin}: {error}")
-            continue
-        yield RawItem(data, origin, crop_member, {**fields, **extra, "index_row": str(number)})
+        yield Unit(origin, file_stamp(path, member, fields, asdict(settings)),
+                   partial(_read_scan, path, origin, member, {**fields, "index_row": str(number)}, settings))
 
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         origin = path.relative_to(root).as_posix()
         if origin in named or path == index_path or path.suffix.lower() in INDEX_SKIP or path.name in IGNORED_NAMES:
             continue
         yield Reject(origin, "", f"{origin} is not listed in {index_name}")
+
+
+def _read_scan(path: Path, origin: str, member: str, fields: dict, settings: SlideOptions) -> list:
+    """One scan, cropped (the costly part a re-run skips): its picture, or a reject with the reason."""
+    try:
+        data, crop_member, extra = crop_scan(path.read_bytes(), origin, settings)
+    except OSError as error:
+        return [Reject(origin, member, f"{origin}: unreadable ({error.strerror})")]
+    except ValueError as error:
+        return [Reject(origin, member, f"{origin}: {error}")]
+    return [RawItem(data, origin, crop_member, {**fields, **extra})]
