@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# The demo's raw sources, each tracked by its own .dvc file (committed; the sample is deterministic, so `dvc add`
+# rewrites them unchanged).
+SAMPLE_RAW := $(addprefix data/raw/sample/,rosendahl vidir_modern vidir_molemax vienna_dias image_types.csv)
+
 demo: $(VENV)/.installed
 	ham sample data/raw/sample
+	dvc add --quiet $(SAMPLE_RAW)
 	dvc repro
 	ham summary metrics/release.json
 

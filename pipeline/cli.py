@@ -51,8 +51,15 @@ def sample(directory, seed):
 def ingest(params_path, out):
     """Read every raw source in params `ingest.sources` into one candidates table plus a rejects ledger."""
     from .ingest import ingest as run
+    from .validate import ingest_dependency_problems, untracked_sources
 
     params = load_params(params_path, "ingest")
+    repo = params_path.parent
+    for index, path, message in ingest_dependency_problems({"ingest": params}, repo):
+        raise PipelineError(f"{params_path}: ingest.sources[{index}].path {path}: {message}")
+    for path in untracked_sources({"ingest": params}, repo):
+        click.echo(f"warning: raw source {path} is not tracked by a .dvc file of its own; run `dvc add {path}` "
+                   f"so it is versioned and can be pushed and pulled", err=True)
     result = run(params["sources"], params_path.parent, out, params["max_pixels"])
     click.echo(f"ingest: {len(result.candidates)} candidates, {len(result.rejects)} rejected "
                f"({result.decoded} decoded, {len(result.candidates) - result.decoded} from cache) -> {out}")

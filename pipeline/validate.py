@@ -17,7 +17,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 import yaml
@@ -448,7 +448,60 @@ def validate_params(path: str | Path) -> list[Problem]:
 
     if isinstance(data, dict):
         problems += _params_rules(data, root, file)
+        problems += [Problem(file, _line_of(root, ["ingest", "sources", index, "path"]),
+                             f"ingest.sources[{index}].path", path, message)
+                     for index, path, message in ingest_dependency_problems(data, Path(path).parent)]
     return sorted(problems, key=lambda p: p.row or 0)
+
+
+def _dvc_stages(repo: Path) -> dict:
+    try:
+        stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")).get("stages")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return stages if isinstance(stages, dict) else {}
+
+
+def _covers(parent: str, path: str) -> bool:
+    parent, path = PurePosixPath(parent), PurePosixPath(path)
+    return parent == path or parent in path.parents
+
+
+def ingest_dependency_problems(params: dict, repo: Path) -> list[tuple[int, str, str]]:
+    """(source index, path, message) for each raw source that DVC would not see change.
+
+    Where a dvc.yaml sits beside params.yaml, every `ingest.sources[].path` must be a dependency of its `ingest`
+    stage (or lie inside one); otherwise `dvc repro` would skip ingest after that source changed."""
+    stages = _dvc_stages(repo)
+    if "ingest" not in stages:
+        return []
+    deps = [str(dep) for dep in stages["ingest"].get("deps") or [] if isinstance(dep, str)]
+    found = []
+    for index, source in enumerate(((params.get("ingest") or {}).get("sources") or [])):
+        path = source.get("path") if isinstance(source, dict) else None
+        if isinstance(path, str) and not any(_covers(dep, path) for dep in deps):
+            found.append((index, path, f"not a dependency of stage ingest in dvc.yaml, so `dvc repro` would not "
+                                       f"see it change: add `- {path}` under stages.ingest.deps"))
+    return found
+
+
+def untracked_sources(params: dict, repo: Path) -> list[str]:
+    """Raw source paths that no .dvc file tracks (`<path>.dvc` or one for a folder above it), nor a stage output:
+    such a source is not versioned, cannot be pushed or pulled, and a release built from it cannot be rebuilt."""
+    outs = []
+    for stage in _dvc_stages(repo).values():
+        for out in (stage.get("outs") or []) if isinstance(stage, dict) else []:
+            outs.append(next(iter(out)) if isinstance(out, dict) else str(out))
+    missing = []
+    for source in ((params.get("ingest") or {}).get("sources") or []):
+        path = PurePosixPath(source["path"]) if isinstance(source, dict) and source.get("path") else None
+        if path is None or path.is_absolute():
+            continue
+        tracked = any((repo / f"{candidate}.dvc").is_file() for candidate in (path, *path.parents)
+                      if str(candidate) != ".")
+        if not tracked and not any(_covers(out, str(path)) for out in outs):
+            missing.append(str(path))
+    return missing
 
 
 def _params_rules(data: dict, root, file: str) -> list[Problem]:

@@ -46,10 +46,15 @@ def check_release(repo: Path) -> dict[str, list[dict]]:
     return rows
 
 
+SAMPLE_RAW = [f"data/raw/sample/{name}" for name in
+              ("rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias", "image_types.csv")]
+
+
 @pytest.mark.slow
 def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
     repo = copy_repository(tmp_path / "repo")
     run(["ham", "sample", "data/raw/sample"], repo)
+    run(["dvc", "add", *SAMPLE_RAW], repo)  # as `make demo` does: the committed .dvc files come out unchanged
     first = run(["dvc", "repro"], repo)
     for stage in STAGES:  # split's only output is the committed registry, so a fresh clone may skip it
         assert f"Running stage '{stage}'" in first.stdout or f"Stage '{stage}' didn't change" in first.stdout
@@ -149,6 +154,15 @@ def test_real_images_pipeline(tmp_path, ham_data):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for registry in (repo / "registry").glob("*.csv"):
         registry.unlink()  # a fresh repository for the real data
+    # What a maintainer does for each new source: track it on its own and make it a dependency of ingest.
+    paths = [source["path"] for source in sources]
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())
+    stages["stages"]["ingest"]["deps"] = [*paths, *stages["stages"]["ingest"]["deps"][4:]]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    warned = run(["ham", "ingest"], repo, check=False)  # before `dvc add`: it runs, but warns
+    assert warned.returncode == 0 and f"raw source {paths[0]} is not tracked by a .dvc file" in warned.stderr
+    run(["dvc", "add", *paths, "data/raw/real/image_types.csv"], repo)
+    assert all((repo / f"{path}.dvc").is_file() for path in paths)
 
     run(["dvc", "repro"], repo)
     rows = check_release(repo)

@@ -412,6 +412,29 @@ def test_params_broken_yaml_and_duplicate_keys(tmp_path):
     assert validate_path(dup) == [Problem(str(dup), 5, "split.seed", "seed", "duplicate key; the later one silently wins")]
 
 
+def test_every_raw_source_must_be_a_dependency_of_ingest(tmp_path, repo_root):
+    """The repository's own params.yaml with one more source: validate and `ham ingest` both name it."""
+    import shutil
+
+    from pipeline.cli import main
+
+    shutil.copyfile(repo_root / "dvc.yaml", tmp_path / "dvc.yaml")
+    text = (repo_root / "params.yaml").read_text()
+    assert validate_params(repo_root / "params.yaml") == []  # the repository's own configuration is consistent
+    extra = "    - {name: queensland, kind: pptx, path: data/raw/queensland}\n"
+    marker = "  # Images over this many pixels"
+    (tmp_path / "params.yaml").write_text(text.replace(marker, extra + marker, 1))
+    line = text[:text.index(marker)].count("\n") + 1
+    message = ("not a dependency of stage ingest in dvc.yaml, so `dvc repro` would not see it change: add "
+               "`- data/raw/queensland` under stages.ingest.deps")
+    assert validate_params(tmp_path / "params.yaml") == [
+        Problem(str(tmp_path / "params.yaml"), line, "ingest.sources[4].path", "data/raw/queensland", message)]
+    result = CliRunner().invoke(main, ["ingest", "--params", str(tmp_path / "params.yaml"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "ingest.sources[4].path data/raw/queensland" in result.output
+    assert not (tmp_path / "out").exists()  # refused before reading anything
+
+
 # ------------------------------------------------------------------------------------------------- command line
 
 def test_cli_valid_and_invalid(tmp_path):
