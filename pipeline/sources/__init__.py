@@ -13,6 +13,7 @@ rows to files) stays in the reader and runs every time: it is cheap, and it is w
 """
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -60,6 +61,34 @@ class Unit:
     origin: str
     stamp: str
     read: Callable[[], "list[Union[RawItem, Reject]]"]
+
+
+class BadTable(Exception):
+    """An index table that cannot be used at all; the message names the file (and the missing column)."""
+
+
+def read_table(root: Path, name: str, required: tuple[str, ...] = ()) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and (spreadsheet row number, row) pairs of the CSV `root/name`, header and cells stripped.
+
+    Raises BadTable naming the file when it is missing or unreadable, and naming the columns of `required` that
+    it lacks (with the columns it has, so a renamed column is easy to spot)."""
+    path = Path(root) / name
+    if not path.is_file():
+        raise BadTable(f"{name} not found in {root}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [column.strip() for column in reader.fieldnames or []]
+            reader.fieldnames = header
+            missing = [column for column in required if column not in header]
+            if missing:
+                raise BadTable(f"{name}: missing column {', '.join(repr(c) for c in missing)} "
+                               f"(found: {', '.join(header) or 'no header'})")
+            rows = [(number, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
+                    for number, row in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise BadTable(f"{name}: unreadable ({error})") from None
+    return header, rows
 
 
 def file_stamp(path: Path, *context) -> str:

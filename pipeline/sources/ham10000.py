@@ -36,14 +36,13 @@ naming the column.
 """
 from __future__ import annotations
 
-import csv
 import zipfile
 import zlib
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import RawItem, Reject, Unit, file_stamp
+from . import BadTable, RawItem, Reject, Unit, file_stamp, read_table
 from .isic import CONFIRM_TYPES, SITES
 
 DEFAULT_METADATA = "HAM10000_metadata.csv"
@@ -55,10 +54,6 @@ DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 GROUND_TRUTH_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-class BadTable(Exception):
-    """A metadata file that cannot be used at all (missing, unreadable, missing column)."""
 
 
 def unsafe_member_name(name: str) -> str | None:
@@ -86,27 +81,6 @@ def not_an_image(name: str) -> str | None:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image file (expected .jpg/.jpeg/.png)"
     return None
-
-
-def read_table(root: Path, name: str, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The header and (spreadsheet row number, row) pairs of a CSV; raise BadTable naming file and column."""
-    path = root / name
-    if not path.is_file():
-        raise BadTable(f"{name} not found in {root}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [column.strip() for column in reader.fieldnames or []]
-            reader.fieldnames = header
-            missing = [column for column in required if column not in header]
-            if missing:
-                raise BadTable(f"{name}: missing column {', '.join(repr(c) for c in missing)} "
-                               f"(found: {', '.join(header) or 'no header'})")
-            rows = [(number, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
-                    for number, row in enumerate(reader, start=2)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise BadTable(f"{name}: unreadable ({error})") from None
-    return header, rows
 
 
 class Catalogue:

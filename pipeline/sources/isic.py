@@ -40,11 +40,10 @@ metadata file with a missing column, which is named.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import RawItem, Reject, Unit, file_unit
+from . import BadTable, RawItem, Reject, Unit, file_unit, read_table
 
 REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "diagnosis",
                     "diagnosis_confirm_type", "image_type", "lesion_id", "sex")
@@ -86,24 +85,10 @@ def map_row(row: dict, sites: dict) -> dict:
 
 def read_metadata(root: Path, name: str, sites: dict) -> tuple[dict[str, tuple[int, dict]], list[Reject], str]:
     """isic_id -> (row number, fields), the rejected rows, and why the whole file is unusable ('' if usable)."""
-    path = root / name
-    if not path.is_file():
-        reason = f"{name} not found in {root}"
-        return {}, [Reject(name, "", reason)], reason
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [column.strip() for column in reader.fieldnames or []]
-            reader.fieldnames = header
-            missing = [column for column in REQUIRED_COLUMNS if column not in header]
-            if missing:
-                reason = f"{name}: missing column {', '.join(repr(c) for c in missing)}"
-                return {}, [Reject(name, "", reason)], reason
-            rows = [(number, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
-                    for number, row in enumerate(reader, start=2)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        reason = f"{name}: unreadable ({error})"
-        return {}, [Reject(name, "", reason)], reason
+        _, rows = read_table(root, name, REQUIRED_COLUMNS)
+    except BadTable as error:
+        return {}, [Reject(name, "", str(error))], str(error)
 
     entries: dict[str, tuple[int, dict]] = {}
     rejects = []

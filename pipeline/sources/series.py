@@ -38,7 +38,6 @@ documentation/metadata files (.csv, .md, .txt, ...) at the top level of the sour
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import re
 from collections import defaultdict
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Iterator, Union
 
 from ..common import PipelineError
-from . import RawItem, Reject, Unit, file_unit
+from . import BadTable, RawItem, Reject, Unit, file_unit, read_table
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db"}
@@ -154,13 +153,9 @@ def read_lesions(root: Path, options: SeriesOptions) -> tuple[dict, bool, list[R
         return {}, True, []
     column = {key: options.columns.get(key, key) for key in (*REQUIRED_COLUMNS, *DETAIL_COLUMNS, *OPTIONAL_COLUMNS)}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        return {}, False, [Reject(name, "", f"{name}: unreadable ({error}); no lesion gets follow-up ground "
-                                            f"truth")]
+        header, rows = read_table(root, name)
+    except BadTable as error:
+        return {}, False, [Reject(name, "", f"{error}; no lesion gets follow-up ground truth")]
     rejects = []
     missing_required = [key for key in REQUIRED_COLUMNS if column[key] not in header]
     for key in missing_required:
@@ -173,9 +168,9 @@ def read_lesions(root: Path, options: SeriesOptions) -> tuple[dict, bool, list[R
             rejects.append(Reject(name, "", f"{name}: missing column '{column[key]}' ({key}); left empty"))
 
     lesions: dict[tuple[str, str], tuple[int, LesionInfo]] = {}
-    for number, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
+    for number, row in rows:
         member = f"row {number}"
-        values = {key: (row.get(column[key]) or "").strip() for key in column}
+        values = {key: row.get(column[key]) or "" for key in column}
         key = (values["patient"], values["lesion"])
         if not key[0] or not key[1]:
             rejects.append(Reject(name, member, f"{name} {member}: empty patient or lesion"))

@@ -43,7 +43,6 @@ Multi-page TIFFs: only the first page is read. EXIF orientation is applied befor
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import warnings
@@ -57,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..common import PipelineError
-from . import ITEM_FIELDS, RawItem, Reject, Unit, file_stamp
+from . import ITEM_FIELDS, BadTable, RawItem, Reject, Unit, file_stamp, read_table
 from .export import INDEX_SKIP, _safe_relative
 
 IGNORED_NAMES = {".DS_Store", "Thumbs.db"}
@@ -247,25 +246,22 @@ def read_slides(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Un
     settings = SlideOptions.from_dict(options)
     index_name = settings.index
     file_column = settings.columns.get("file", "file")
-    rows: list[dict] = []
+    rows: list[tuple[int, dict]] = []
     index_path = root / index_name
     if not index_path.is_file():
         yield Reject(index_name, "", f"slides index {index_name} not found in {root}; every scan is unlisted")
     else:
         try:
-            with open(index_path, newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle)
-                header = reader.fieldnames or []
-                rows = list(reader)
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
-            yield Reject(index_name, "", f"{index_name}: unreadable ({error})")
+            header, rows = read_table(root, index_name)
+        except BadTable as error:
+            yield Reject(index_name, "", str(error))
             header, rows = [], []
         if rows and file_column not in header:
             yield Reject(index_name, "", f"{index_name}: missing column '{file_column}' (the scan file name)")
             rows = []
 
     named: dict[str, int] = {}
-    for number, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
+    for number, row in rows:
         member = f"row {number}"
         relative = _safe_relative((row.get(file_column) or "").strip())
         if relative is None:
