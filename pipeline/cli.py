@@ -62,7 +62,8 @@ def ingest(params_path, out):
                    f"so it is versioned and can be pushed and pulled", err=True)
     result = run(params["sources"], params_path.parent, out, params["max_pixels"])
     click.echo(f"ingest: {len(result.candidates)} candidates, {len(result.rejects)} rejected "
-               f"({result.decoded} decoded, {len(result.candidates) - result.decoded} from cache) -> {out}")
+               f"({result.units_read} raw files read, {result.units_cached} unchanged since the last run; "
+               f"{result.decoded} images decoded) -> {out}")
 
 
 @main.command("train-filter")
