@@ -126,8 +126,11 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
     standardised = {s["candidate_id"]: s for s in read_csv(standardised_csv, ("candidate_id", "file", "sha256"))}
     rules = load_rules(rules_path)
     ids = params["ids"]
-    images = Registry(Path(registry_dir) / "images.csv", ids["image_prefix"], ids["image_start"])
-    lesions = Registry(Path(registry_dir) / "lesions.csv", ids["lesion_prefix"], ids["lesion_start"])
+
+    def registries() -> tuple[Registry, Registry]:
+        return (Registry(Path(registry_dir) / "images.csv", ids["image_prefix"], ids["image_start"]),
+                Registry(Path(registry_dir) / "lesions.csv", ids["lesion_prefix"], ids["lesion_start"]))
+
     official_lesions = set(params.get("official_lesion_ids_from") or [])
 
     excluded: list[dict] = []
@@ -158,32 +161,39 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
             continue
         accepted.append((candidate, fields))
 
-    # IDs: official ones first, then new ones in sorted key order.
     def lesion_key(candidate):
         # Official lesion IDs are global (one lesion may appear in two sources); other keys are per source.
         if candidate["source"] in official_lesions and OFFICIAL_LESION.match(candidate["lesion_key"]):
             return candidate["lesion_key"]
         return f"{candidate['source']}/{candidate['lesion_key']}"
 
-    for candidate, _ in accepted:
-        if candidate["image_id"]:
-            images.record_official(candidate["candidate_id"], candidate["image_id"])
-        if candidate["source"] in official_lesions and OFFICIAL_LESION.match(candidate["lesion_key"]):
-            lesions.record_official(lesion_key(candidate), candidate["lesion_key"])
-    images.assign(c["candidate_id"] for c, _ in accepted)
-    lesions.assign(lesion_key(c) for c, _ in accepted)
+    def identify(rows: list[dict], images: Registry, lesions: Registry) -> list[dict]:
+        """Each row's image and lesion ID from the registries (official IDs recorded, new keys numbered)."""
+        for row in rows:
+            candidate = row["_candidate"]
+            if candidate["image_id"]:
+                images.record_official(candidate["candidate_id"], candidate["image_id"])
+            if candidate["source"] in official_lesions and OFFICIAL_LESION.match(candidate["lesion_key"]):
+                lesions.record_official(lesion_key(candidate), candidate["lesion_key"])
+        images.assign(row["_candidate"]["candidate_id"] for row in rows)
+        lesions.assign(lesion_key(row["_candidate"]) for row in rows)
+        for row in rows:
+            row["lesion_id"] = lesions.ids[lesion_key(row["_candidate"])]
+            row["image_id"] = images.ids[row["_candidate"]["candidate_id"]]
+        return sorted(rows, key=lambda r: (r["lesion_id"], r["image_id"]))
 
-    rows = [{"lesion_id": lesions.ids[lesion_key(c)], "image_id": images.ids[c["candidate_id"]],
-             **fields, "_candidate": c} for c, fields in accepted]
+    # Harmonising and validating need IDs, so they run on draft IDs first (registries not saved): an image or
+    # lesion they exclude never takes a number, and the released IDs have no gaps.
+    rows = identify([{**fields, "_candidate": c} for c, fields in accepted], *registries())
     rows = _harmonise_lesions(rows, exclude)
-    rows.sort(key=lambda r: (r["lesion_id"], r["image_id"]))
     problems = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv")
     bad_rows = {p.row for p in problems if p.row}
     for index, row in enumerate(rows, start=1):
         if index in bad_rows:
             reasons = "; ".join(f"{p.field}={p.value!r}: {p.message}" for p in problems if p.row == index)
             exclude(row["_candidate"], "validate", reasons)
-    rows = [row for index, row in enumerate(rows, start=1) if index not in bad_rows]
+    images, lesions = registries()
+    rows = identify([row for index, row in enumerate(rows, start=1) if index not in bad_rows], images, lesions)
     remaining = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv")
     if remaining:
         first = remaining[0]

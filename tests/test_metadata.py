@@ -213,6 +213,17 @@ def test_build_metadata_accounts_for_every_candidate(tmp_path, scenario):
     assert len({m["image_id"] for m in metadata}) == len(metadata)
     assert len({m["lesion_id"] for m in metadata}) == len(metadata) - 1  # one lesion has two images
 
+    # Only released images and lesions take a number: those harmonising or validation excluded do not, so the
+    # new IDs run without gaps from the configured start.
+    registered = {r["key"]: r["id"] for r in read_csv(tmp_path / "registry" / "images.csv")}
+    assert set(registered) == in_metadata
+    assert scenario["rosendahl_consensus"]["candidate_id"] not in registered
+    assert not {r["candidate_id"] for r in scenario["disagree"]} & set(registered)
+    assert sorted(m["image_id"] for m in ours) == [f"ISIC_{9000000 + n}" for n in range(len(ours))]
+    lesion_ids = sorted({m["lesion_id"] for m in metadata})
+    assert lesion_ids == [f"HAM_{9000000 + n}" for n in range(len(lesion_ids))]
+    assert len(read_csv(tmp_path / "registry" / "lesions.csv")) == len(lesion_ids)
+
 
 @pytest.mark.real_data
 def test_metadata_is_de_identified(tmp_path, scenario):
