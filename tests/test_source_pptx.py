@@ -312,7 +312,7 @@ def test_bad_input(tmp_path, images, reports, ham_data, monkeypatch):
     ({"workbook": "pathology.xlsx", "sheet": "Histo"}, "sheet Histo", "no sheet 'Histo' (sheets: Notes, Pathology)"),
     ({"workbook": "pathology.xlsx", "sheet": "Pathology", "columns": {"lesion_key": "ID"}}, "sheet Pathology",
      "missing column 'ID' (lesion_key)"),
-    ({"workbook": "broken.xlsx"}, "", "not a readable Excel workbook"),
+    ({"workbook": "broken.xlsx"}, "", "broken.xlsx: unreadable workbook"),
 ])
 def test_unusable_workbook_keeps_pictures(tmp_path, images, options, member, message):
     root = tmp_path / "src"

@@ -91,6 +91,32 @@ def read_table(root: Path, name: str, required: tuple[str, ...] = ()) -> tuple[l
     return header, rows
 
 
+def read_sheet(path: Path, name: str, sheet: str | None = None,
+               header_row: int = 1) -> tuple[str, tuple, list[tuple[int, tuple]]]:
+    """The title, header cells and (row number as Excel shows it, cells) rows of one sheet of an .xlsx workbook
+    (the first sheet unless `sheet` names one), with formulas' cached values. Cells come as openpyxl gives them;
+    each reader turns them into text its own way. Raises BadTable naming the file (and the sheets it has)."""
+    from openpyxl import load_workbook
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except Exception as error:  # openpyxl raises many types on a damaged or foreign file
+        raise BadTable(f"{name}: unreadable workbook ({type(error).__name__}: {error})") from None
+    try:
+        if sheet is not None and sheet not in workbook.sheetnames:
+            raise BadTable(f"{name}: no sheet {sheet!r} (sheets: {', '.join(workbook.sheetnames)})")
+        worksheet = workbook[sheet] if sheet is not None else workbook.worksheets[0]
+        lines = worksheet.iter_rows(min_row=header_row, values_only=True)
+        header = next(lines, ())
+        return worksheet.title, header, list(enumerate(lines, start=header_row + 1))
+    except BadTable:
+        raise
+    except Exception as error:  # a damaged sheet can fail in many ways while its rows are read
+        raise BadTable(f"{name}: unreadable workbook ({type(error).__name__}: {error})") from None
+    finally:
+        workbook.close()
+
+
 def file_stamp(path: Path, *context) -> str:
     """A cheap identity of a file's current content (as DVC's own state cache uses) plus what the reader adds.
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import csv
 import datetime
-import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import ITEM_FIELDS, RawItem, Reject, Unit, file_unit
+from . import ITEM_FIELDS, BadTable, RawItem, Reject, Unit, file_unit, read_sheet
 
 INDEX_SKIP = {".csv", ".xlsx", ".xls", ".md", ".txt", ".json", ".yaml", ".yml"}
 
@@ -74,35 +73,17 @@ def read_csv_index(path: Path, name: str) -> tuple[str, list[str], list[tuple[st
 
 def read_xlsx_index(path: Path, name: str, sheet: str | None) -> tuple[str, list[str], list[tuple[str, dict]]]:
     """(label for reasons, header, [(member, row)]) of one sheet of a workbook; row numbers as Excel shows them."""
-    from openpyxl import load_workbook
-    from openpyxl.utils.exceptions import InvalidFileException
-
     try:
-        workbook = load_workbook(path, read_only=True, data_only=True)
-    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as error:
-        raise UnusableIndex(f"{name}: unreadable workbook ({error})") from None
-    try:
-        if sheet is None:
-            worksheet = workbook.worksheets[0]
-        elif sheet in workbook.sheetnames:
-            worksheet = workbook[sheet]
-        else:
-            raise UnusableIndex(f"{name}: no sheet {sheet!r} (sheets: {', '.join(workbook.sheetnames)})")
-        label = f"{name} sheet {worksheet.title!r}"
-        lines = worksheet.iter_rows(values_only=True)
-        header = [cell_text(value) for value in next(lines, ())]
-        rows = []
-        for number, values in enumerate(lines, start=2):
-            texts = [cell_text(value) for value in values]
-            if any(texts):
-                rows.append((f"{worksheet.title} row {number}", dict(zip(header, texts))))
-    except UnusableIndex:
-        raise
-    except Exception as error:  # a damaged workbook can fail in many ways while its rows are read
-        raise UnusableIndex(f"{name}: unreadable workbook ({error})") from None
-    finally:
-        workbook.close()
-    return label, header, rows
+        title, header_cells, lines = read_sheet(path, name, sheet)
+    except BadTable as error:
+        raise UnusableIndex(str(error)) from None
+    header = [cell_text(value) for value in header_cells]
+    rows = []
+    for number, values in lines:
+        texts = [cell_text(value) for value in values]
+        if any(texts):
+            rows.append((f"{title} row {number}", dict(zip(header, texts))))
+    return f"{name} sheet {title!r}", header, rows
 
 
 def read_index(root: Path, name: str, options: dict) -> tuple[str, list[tuple[str, dict]]]:

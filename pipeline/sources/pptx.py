@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Iterator, Union
 
 from ..common import stable_hash
-from . import ITEM_FIELDS, RawItem, Reject, Unit, file_stamp
+from . import ITEM_FIELDS, BadTable, RawItem, Reject, Unit, file_stamp, read_sheet
 
 DEFAULT_PATTERN = "**/*.pptx"
 DEFAULT_LEGACY_PATTERN = "**/*.ppt"
@@ -138,64 +138,44 @@ def _read_workbook(root: Path, options: dict) -> tuple[dict[str, dict], list[Rej
                                      f"'soffice --headless --convert-to xlsx --outdir OUTDIR {path.name}' and set "
                                      f"option workbook to the .xlsx; nothing joined")]
     try:
-        from openpyxl import load_workbook
-
-        book = load_workbook(path, read_only=True, data_only=True)
-    except Exception as error:
-        return {}, [Reject(name, "", f"workbook {name} is not a readable Excel workbook "
-                                     f"({type(error).__name__}: {error}); nothing joined")]
-    try:
-        if sheet_name:
-            if sheet_name not in book.sheetnames:
-                return {}, [Reject(name, f"sheet {sheet_name}",
-                                   f"workbook {name}: no sheet '{sheet_name}' (sheets: {', '.join(book.sheetnames)}); "
-                                   f"nothing joined")]
-            sheet = book[sheet_name]
-        else:
-            sheet = book.worksheets[0]
-            sheet_name = sheet.title
-        where = f"workbook {name} sheet {sheet_name}"
-        rows = sheet.iter_rows(min_row=header_row, values_only=True)
-        header = [_cell_text(value) for value in next(rows, ())]
-        positions = {title: index for index, title in reversed(list(enumerate(header))) if title}
-        key_column = columns.get("lesion_key", "lesion_key")
-        missing = [f"'{columns.get(field, field)}' ({field})" for field in ("lesion_key", *JOINED_FIELDS)
-                   if (field == "lesion_key" or field in columns) and columns.get(field, field) not in positions]
-        if missing:
-            return {}, [Reject(name, f"sheet {sheet_name}",
-                               f"{where}: missing column {', '.join(missing)} in header row {header_row} "
-                               f"(columns: {', '.join(h for h in header if h) or 'none'}); nothing joined, the "
-                               f"pictures keep only the deck's own fields")]
-        take = {field: positions[columns.get(field, field)] for field in JOINED_FIELDS
-                if columns.get(field, field) in positions}
-        key_at = positions[key_column]
-        joined: dict[str, dict] = {}
-        first_row: dict[str, int] = {}
-        rejects: list[Reject] = []
-        for number, row in enumerate(rows, start=header_row + 1):
-            cells = [_cell_text(value) for value in row]
-            get = (lambda index: cells[index] if index < len(cells) else "")
-            key = get(key_at)
-            values = {field: get(index) for field, index in take.items()}
-            if not key:
-                if any(values.values()):
-                    rejects.append(Reject(name, f"sheet {sheet_name} row {number}",
-                                          f"{where} row {number}: no lesion ID in column '{key_column}'"))
-                continue
-            if key in joined:
-                if joined[key] != values:
-                    rejects.append(Reject(name, f"sheet {sheet_name} row {number}",
-                                          f"{where} row {number}: lesion ID {key} again with different values "
-                                          f"(first at row {first_row[key]}, which is used)"))
-                continue
-            joined[key], first_row[key] = values, number
-        return joined, rejects
-    except Exception as error:  # a damaged sheet: one reject, the run goes on
-        return {}, [Reject(name, f"sheet {sheet_name or ''}".strip(),
-                           f"workbook {name}: could not read sheet {sheet_name or '(first)'} "
-                           f"({type(error).__name__}: {error}); nothing joined")]
-    finally:
-        book.close()
+        sheet_name, header_cells, rows = read_sheet(path, name, sheet_name, header_row)
+    except BadTable as error:
+        return {}, [Reject(name, f"sheet {sheet_name}" if sheet_name else "", f"workbook {error}; nothing joined")]
+    where = f"workbook {name} sheet {sheet_name}"
+    header = [_cell_text(value) for value in header_cells]
+    positions = {title: index for index, title in reversed(list(enumerate(header))) if title}
+    key_column = columns.get("lesion_key", "lesion_key")
+    missing = [f"'{columns.get(field, field)}' ({field})" for field in ("lesion_key", *JOINED_FIELDS)
+               if (field == "lesion_key" or field in columns) and columns.get(field, field) not in positions]
+    if missing:
+        return {}, [Reject(name, f"sheet {sheet_name}",
+                           f"{where}: missing column {', '.join(missing)} in header row {header_row} "
+                           f"(columns: {', '.join(h for h in header if h) or 'none'}); nothing joined, the "
+                           f"pictures keep only the deck's own fields")]
+    take = {field: positions[columns.get(field, field)] for field in JOINED_FIELDS
+            if columns.get(field, field) in positions}
+    key_at = positions[key_column]
+    joined: dict[str, dict] = {}
+    first_row: dict[str, int] = {}
+    rejects: list[Reject] = []
+    for number, row in rows:
+        cells = [_cell_text(value) for value in row]
+        get = (lambda index: cells[index] if index < len(cells) else "")
+        key = get(key_at)
+        values = {field: get(index) for field, index in take.items()}
+        if not key:
+            if any(values.values()):
+                rejects.append(Reject(name, f"sheet {sheet_name} row {number}",
+                                      f"{where} row {number}: no lesion ID in column '{key_column}'"))
+            continue
+        if key in joined:
+            if joined[key] != values:
+                rejects.append(Reject(name, f"sheet {sheet_name} row {number}",
+                                      f"{where} row {number}: lesion ID {key} again with different values "
+                                      f"(first at row {first_row[key]}, which is used)"))
+            continue
+        joined[key], first_row[key] = values, number
+    return joined, rejects
 
 
 # ---------------------------------------------------------------------------------------------- .ppt
@@ -371,7 +351,7 @@ def read_pptx(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit
                 f"several years in the file name ({', '.join(years)})"
             deck_problem = f"{origin}: {reason}; decks are one per calendar year, named e.g. rosendahl_1999.pptx"
         context = (year, deck_problem, id_pattern.pattern, diagnosis_pattern and diagnosis_pattern.pattern,
-                   joined_digest, legacy and timeout)
+                   joined_digest, timeout if legacy else None)
         yield Unit(origin, file_stamp(path, *context), partial(_read_any_deck, path, origin, legacy, timeout, year,
                                                                deck_problem, id_pattern, diagnosis_pattern, joined))
 
