@@ -90,6 +90,13 @@ def test_metadata_row_schema_columns_are_the_release_columns():
     assert tuple(schema["properties"]) == v.RELEASE_COLUMNS
 
 
+def test_metadata_row_schema_describes_each_class_and_dx_type_by_its_name():
+    schema = json.loads((ROOT / "schemas" / "metadata-row.schema.json").read_text(encoding="utf-8"))
+    for field, names in (("dx", v.CLASS_NAMES), ("dx_type", v.DX_TYPES)):
+        description = schema["properties"][field]["description"]
+        assert [code for code, name in names.items() if f"{name} ({code})" not in description] == []
+
+
 def test_a_drifted_schema_is_caught(tmp_path):
     """The check above fails on a schema that lists one class too many or misses a site."""
     schema = json.loads((ROOT / "schemas" / "metadata-row.schema.json").read_text(encoding="utf-8"))
