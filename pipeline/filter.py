@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .common import read_csv, write_csv, progress
-from .filter_model import IMAGE_TYPES, load_model, load_pixels, pick_device, predict_probabilities
+from .filter_model import load_model, load_pixels, pick_device, predict_probabilities
+from .vocabulary import IMAGE_TYPES
 from .train_filter import read_annotations
 
 DECISION_COLUMNS = ("candidate_id", "image_type", "confidence", "p_dsc", "p_macro", "p_clinic", "decided_by",

@@ -13,9 +13,7 @@ from PIL import Image
 from torch import nn
 
 from .ingest import to_rgb
-
-IMAGE_TYPES = ("dsc", "macro", "clinic")
-ANNOTATION_KEYS = {"d": "dsc", "m": "macro", "c": "clinic"}
+from .vocabulary import IMAGE_TYPES
 
 
 class ImageTypeNet(nn.Module):

@@ -2,8 +2,9 @@
 
 Input rows have the release columns ``lesion_id,image_id,dx,dx_type,age,sex,localization`` (``dataset`` and any
 other column is ignored), all values strings. Output rows have ``ISIC_COLUMNS``, the columns of the ISIC-archive
-export of the HAM10000 collection. The mapping was derived from, and is tested against, that export for all 10015
-release images (join on image_id = isic_id):
+export of the HAM10000 collection. The mapping (its tables live in pipeline/vocabulary.py, beside the reverse maps
+the `isic` reader uses) was derived from, and is tested against, that export for all 10015 release images (join on
+image_id = isic_id):
 
 ==================  ==================================================================================
 ISIC column         from the release row
@@ -13,7 +14,8 @@ attribution         argument (the archive has "ViDIR Group, Department of Dermat
                     University of Vienna" for every image, all four sources included)
 copyright_license   argument (the archive has "CC-BY-NC")
 age_approx          age as an integer ("80.0" -> "80"); "" and "0.0" -> "" (the archive has no age 0:
-                    all 39 images with age 0, all from vidir_modern, are empty there)
+                    all 39 images with age 0, all from vidir_modern, are empty there); read by
+                    vocabulary.parse_age, the metadata stage's age parser
 anatom_site_general localization, coarser: scalp/face/ear/neck -> head/neck; chest/abdomen -> anterior
                     torso; back -> posterior torso; upper extremity/hand -> upper extremity; lower
                     extremity/foot -> lower extremity; acral -> palms/soles; trunk, genital, unknown -> ""
@@ -44,55 +46,15 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.common import PipelineError, write_csv
+from pipeline.vocabulary import (HAM_COLUMNS, ISIC_CONFIRM_TYPE, ISIC_DIAGNOSIS, ISIC_IMAGE_TYPE, ISIC_SEX, ISIC_SITE,
+                                 parse_age)
 
 ISIC_COLUMNS = (
     "isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "benign_malignant",
     "concomitant_biopsy", "diagnosis", "diagnosis_confirm_type", "image_type", "lesion_id", "melanocytic", "sex",
 )
-RELEASE_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
-
 VIDIR_ATTRIBUTION = "ViDIR Group, Department of Dermatology, Medical University of Vienna"
 CC_BY_NC = "CC-BY-NC"
-
-# dx -> (diagnosis, benign_malignant, melanocytic)
-DIAGNOSIS = {
-    "akiec": ("actinic keratosis", "", "False"),
-    "bcc": ("basal cell carcinoma", "", "False"),
-    "bkl": ("pigmented benign keratosis", "", "False"),
-    "df": ("dermatofibroma", "", "False"),
-    "mel": ("melanoma", "malignant", "True"),
-    "nv": ("nevus", "benign", "True"),
-    "vasc": ("vascular lesion", "", "False"),
-}
-
-# dx_type -> (diagnosis_confirm_type, concomitant_biopsy)
-CONFIRM_TYPE = {
-    "histo": ("histopathology", "True"),
-    "follow_up": ("serial imaging showing no change", "False"),
-    "consensus": ("single image expert consensus", "False"),
-    "confocal": ("confocal microscopy with consensus dermoscopy", "False"),
-}
-
-ANATOM_SITE = {
-    "scalp": "head/neck",
-    "face": "head/neck",
-    "ear": "head/neck",
-    "neck": "head/neck",
-    "chest": "anterior torso",
-    "abdomen": "anterior torso",
-    "back": "posterior torso",
-    "upper extremity": "upper extremity",
-    "hand": "upper extremity",
-    "lower extremity": "lower extremity",
-    "foot": "lower extremity",
-    "acral": "palms/soles",
-    # the archive has no general site for these
-    "trunk": "",
-    "genital": "",
-    "unknown": "",
-}
-
-SEX = {"male": "male", "female": "female", "unknown": ""}
 
 
 def to_isic_rows(rows: Iterable[dict], attribution: str, license: str) -> list[dict]:
@@ -110,25 +72,25 @@ def write_isic_csv(rows: Iterable[dict], path: Path | str, attribution: str = VI
 
 def _to_isic_row(row: dict, number: int, attribution: str, license: str) -> dict:
     where = f"row {number} ({row.get('image_id') or 'no image_id'})"
-    missing = [column for column in RELEASE_COLUMNS if column not in row]
+    missing = [column for column in HAM_COLUMNS if column not in row]
     if missing:
         raise PipelineError(f"{where}: missing column(s) {', '.join(missing)}")
-    diagnosis, benign_malignant, melanocytic = _lookup(DIAGNOSIS, row, "dx", where)
-    confirm_type, biopsy = _lookup(CONFIRM_TYPE, row, "dx_type", where)
+    diagnosis, benign_malignant, melanocytic = _lookup(ISIC_DIAGNOSIS, row, "dx", where)
+    confirm_type, biopsy = _lookup(ISIC_CONFIRM_TYPE, row, "dx_type", where)
     return {
         "isic_id": row["image_id"],
         "attribution": attribution,
         "copyright_license": license,
         "age_approx": _age(row["age"], where),
-        "anatom_site_general": _lookup(ANATOM_SITE, row, "localization", where),
+        "anatom_site_general": _lookup(ISIC_SITE, row, "localization", where),
         "benign_malignant": benign_malignant,
         "concomitant_biopsy": biopsy,
         "diagnosis": diagnosis,
         "diagnosis_confirm_type": confirm_type,
-        "image_type": "dermoscopic",
+        "image_type": ISIC_IMAGE_TYPE["dsc"],  # the release holds dermatoscopic images only
         "lesion_id": row["lesion_id"],
         "melanocytic": melanocytic,
-        "sex": _lookup(SEX, row, "sex", where),
+        "sex": _lookup(ISIC_SEX, row, "sex", where),
     }
 
 
@@ -140,14 +102,13 @@ def _lookup(table: dict, row: dict, column: str, where: str):
 
 
 def _age(value: str, where: str) -> str:
-    value = (value or "").strip()
-    if not value:
-        return ""
     try:
-        age = float(value)
-    except ValueError:
-        raise PipelineError(f"{where}: age {value!r} is not a number") from None
-    if age != int(age) or not 0 <= age < 130:
-        raise PipelineError(f"{where}: age {value!r} is not a whole number of years")
+        age = parse_age(value)
+    except ValueError as error:
+        raise PipelineError(f"{where}: {error}") from None
+    if age is None:
+        return ""
+    if age != int(age):
+        raise PipelineError(f"{where}: age {value.strip()!r} is not a whole number of years")
     # Age 0 counts as not known: the archive has no age 0 at all and leaves all 39 such images empty.
     return "" if age == 0 else str(int(age))

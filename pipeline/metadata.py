@@ -18,21 +18,13 @@ from pathlib import Path
 from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
 from .unify import coverage, load_rules, unify
-from .validate import DATASETS, validate_metadata_rows, values_agree
+from .validate import validate_metadata_rows, values_agree
+from .vocabulary import (CLASSES, DATASETS, DX_TYPE_OF, DX_TYPES, LOCALIZATION_OF, RELEASE_COLUMNS, SEX_OF,
+                         SEXES, parse_age)
 
-HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
-METADATA_COLUMNS = (*HAM_COLUMNS, "dataset")
+METADATA_COLUMNS = RELEASE_COLUMNS  # metadata.csv holds exactly the release's columns
 IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint")
 EXCLUDED_COLUMNS = ("candidate_id", "source", "origin", "member", "stage", "reason")
-CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-DX_TYPES = {"histo": "histo", "histopathology": "histo", "histology": "histo", "follow_up": "follow_up",
-            "follow-up": "follow_up", "followup": "follow_up", "consensus": "consensus", "confocal": "confocal"}
-SEXES = {"male": "male", "m": "male", "female": "female", "f": "female", "w": "female", "": "unknown",
-         "unknown": "unknown", "u": "unknown"}
-LOCALIZATIONS = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand", "lower extremity",
-                 "neck", "scalp", "trunk", "unknown", "upper extremity")
-SITE_SYNONYMS = {"": "unknown", "lower limb": "lower extremity", "leg": "lower extremity",
-                 "upper limb": "upper extremity", "arm": "upper extremity", "genitalia": "genital"}
 
 
 OFFICIAL_LESION = re.compile(r"^HAM_\d{7}$")
@@ -44,15 +36,12 @@ class Excluded(Exception):
 
 def bin_age(raw: str, cap: int) -> str:
     """'47' -> '45.0', '48' -> '50.0' (nearest 5, halves up), over the cap -> the cap; '' stays ''."""
-    raw = raw.strip()
-    if not raw:
-        return ""
     try:
-        value = float(raw)
-    except ValueError:
-        raise Excluded(f"age {raw!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or value > 130:
-        raise Excluded(f"age {raw!r} is out of range")
+        value = parse_age(raw)
+    except ValueError as error:
+        raise Excluded(str(error)) from None
+    if value is None:
+        return ""
     return f"{min(cap, 5 * math.floor(value / 5 + 0.5)):.1f}"
 
 
@@ -69,15 +58,14 @@ def normalise(candidate: dict, rules, params: dict) -> dict:
         if outcome.dx not in CLASSES:
             raise Excluded(f"diagnosis {candidate['diagnosis']!r} -> {outcome.dx} (rule {outcome.rule})")
         dx = outcome.dx
-    dx_type = DX_TYPES.get(candidate["dx_type"].strip().lower())
+    dx_type = DX_TYPE_OF.get(candidate["dx_type"].strip().lower())
     if dx_type is None:
-        raise Excluded(f"dx_type {candidate['dx_type']!r} is not one of histo, follow_up, consensus, confocal")
-    sex = SEXES.get(candidate["sex"].strip().lower())
+        raise Excluded(f"dx_type {candidate['dx_type']!r} is not one of {', '.join(DX_TYPES)}")
+    sex = SEX_OF.get(candidate["sex"].strip().lower())
     if sex is None:
-        raise Excluded(f"sex {candidate['sex']!r} is not male, female or unknown")
-    site = candidate["localization"].strip().lower()
-    site = SITE_SYNONYMS.get(site, site)
-    if site not in LOCALIZATIONS:
+        raise Excluded(f"sex {candidate['sex']!r} is not {', '.join(SEXES[:-1])} or {SEXES[-1]}")
+    site = LOCALIZATION_OF.get(candidate["localization"].strip().lower())
+    if site is None:
         raise Excluded(f"localization {candidate['localization']!r} is not in the release vocabulary")
     return {"dx": dx, "dx_type": dx_type, "age": bin_age(candidate["age"], params["age_cap"]), "sex": sex,
             "localization": site, "dataset": dataset_of(candidate, params.get("datasets") or {})}

@@ -16,15 +16,14 @@ from pathlib import Path
 
 from .common import atomic_write_bytes, read_csv, sha256_file, write_csv
 from .isic_export import write_isic_csv
-from .metadata import METADATA_COLUMNS
-from .split import SPLITS
+from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
 MANIFEST_COLUMNS = ("path", "sha256", "bytes", "split", "image_id", "lesion_id", "dx")
 
 
 def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standardised_dir: Path, params: dict,
                   release_dir: Path, summary_json: Path) -> dict:
-    rows = read_csv(metadata_csv, METADATA_COLUMNS[:7])
+    rows = read_csv(metadata_csv, HAM_COLUMNS)
     files = {r["image_id"]: r["file"] for r in read_csv(images_csv, ("image_id", "file"))}
     split_of = {r["lesion_id"]: r["split"] for r in read_csv(splits_csv, ("lesion_id", "split"))}
     release_dir = Path(release_dir)
@@ -45,7 +44,7 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
             shutil.copyfile(Path(standardised_dir) / files[row["image_id"]], target)
             manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
                              "lesion_id": row["lesion_id"], "dx": row["dx"]})
-        write_csv(release_dir / split / "metadata.csv", by_split[split], METADATA_COLUMNS)
+        write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
         write_isic_csv(by_split[split], release_dir / split / "isic_metadata.csv", params["isic_attribution"],
                        params["isic_license"])
         manifest.append({"path": f"{split}/metadata.csv", "split": split})

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .common import atomic_write_bytes, sha256_bytes
+from .vocabulary import ANNOTATION_KEYS
 
 DIAGNOSES = {
     "mel": ["Superficial spreading melanoma, Breslow 0.4mm, Clark II", "Lentigo maligna melanoma, in toto",
@@ -34,7 +35,7 @@ LESION_COLOURS = {  # mean RGB of each class's synthetic lesion
     "akiec": (185, 110, 100), "df": (160, 110, 85), "vasc": (150, 40, 60),
 }
 SITES = ["back", "trunk", "lower extremity", "upper extremity", "abdomen", "face", "chest", "neck", "scalp"]
-TYPE_KEYS = {"dsc": "d", "macro": "m", "clinic": "c"}
+TYPE_KEYS = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}  # dsc -> d, ...
 
 
 @dataclass

@@ -11,8 +11,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .common import PipelineError, read_csv, sha256_bytes, write_csv
+from .vocabulary import SPLITS
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ("lesion_id", "split")
 
 

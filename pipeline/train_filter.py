@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, progress
-from .filter_model import ANNOTATION_KEYS, IMAGE_TYPES, ImageTypeNet, load_pixels, save_model
+from .filter_model import ImageTypeNet, load_pixels, save_model
+from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPES
 
 
 def read_annotations(path: Path) -> dict[str, str]:

@@ -23,8 +23,8 @@ import click
 import yaml
 
 from pipeline.common import PipelineError
+from pipeline.vocabulary import CLASSES
 
-CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 EXCLUDE = "exclude"
 OUTCOMES = CLASSES + (EXCLUDE,)
 NO_RULE = "no-rule-matched"

@@ -42,8 +42,9 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
+from ..vocabulary import DX_TYPE_FROM_ISIC, GROUND_TRUTH_COLUMNS as GROUND_TRUTH_CLASSES, HAM_COLUMNS
+from ..vocabulary import SITE_FROM_ISIC
 from . import BadTable, RawItem, Reject, Unit, file_stamp, read_table
-from .isic import CONFIRM_TYPES, SITES
 
 DEFAULT_METADATA = "HAM10000_metadata.csv"
 DEFAULT_ZIPS = ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
@@ -51,8 +52,7 @@ DEFAULT_TEST_ZIP = "ISIC2018_Task3_Test_Input.zip"
 DEFAULT_TEST_GROUND_TRUTH = "ISIC2018_Task3_Test_GroundTruth.csv"
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
-METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
-GROUND_TRUTH_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+METADATA_COLUMNS = HAM_COLUMNS
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
@@ -193,7 +193,7 @@ def test_fields(row: dict) -> dict:
     fields = {"lesion_key": row["lesion_id"]}
     confirm = row.get("dx_type") or row.get("diagnosis_confirm_type") or ""
     if confirm:
-        fields["dx_type"] = CONFIRM_TYPES.get(confirm.lower(), confirm)
+        fields["dx_type"] = DX_TYPE_FROM_ISIC.get(confirm.lower(), confirm)
     age = row.get("age") or row.get("age_approx") or ""
     if age:
         fields["age"] = age
@@ -205,7 +205,7 @@ def test_fields(row: dict) -> dict:
         # Only the sites that map one to one are translated; head/neck and anterior torso are coarser than the
         # release's vocabulary, so the site is 'unknown' there and the archive's value is kept as an extra field.
         site = row["anatom_site_general"]
-        fields["localization"] = SITES.get(site.lower(), "unknown")
+        fields["localization"] = SITE_FROM_ISIC.get(site.lower(), "unknown")
         fields["anatom_site_general"] = site
     return fields
 

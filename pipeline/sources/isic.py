@@ -13,7 +13,8 @@ Options:
   images:           folder holding the images, relative to the source root (default: the source root)
   localization_map: extra or overriding entries for the anatom_site_general -> localization mapping below
 
-Mapping to our fields (ISIC vocabulary as in the archive's HAM10000 collection, 11720 images):
+Mapping to our fields (ISIC vocabulary as in the archive's HAM10000 collection, 11720 images; the maps are the
+reverse of the ISIC export's, in pipeline/vocabulary.py):
   image_id        isic_id
   lesion_key      lesion_id (the archive's IL_... IDs, one to one with the release's HAM_... IDs)
   diagnosis       the archive's diagnosis, unchanged
@@ -43,19 +44,12 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
+from ..vocabulary import DIAGNOSIS_FROM_ISIC, DX_TYPE_FROM_ISIC, IMAGE_TYPE_FROM_ISIC
+from ..vocabulary import SITE_FROM_ISIC as SITES  # the default of option localization_map
 from . import BadTable, RawItem, Reject, Unit, file_unit, read_table
 
 REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "diagnosis",
                     "diagnosis_confirm_type", "image_type", "lesion_id", "sex")
-DIAGNOSES = {"nevus": "nv", "melanoma": "mel", "basal cell carcinoma": "bcc", "actinic keratosis": "akiec",
-             "squamous cell carcinoma": "akiec", "pigmented benign keratosis": "bkl", "dermatofibroma": "df",
-             "vascular lesion": "vasc"}
-CONFIRM_TYPES = {"histopathology": "histo", "serial imaging showing no change": "follow_up",
-                 "single image expert consensus": "consensus",
-                 "confocal microscopy with consensus dermoscopy": "confocal"}
-SITES = {"posterior torso": "back", "palms/soles": "acral", "lower extremity": "lower extremity",
-         "upper extremity": "upper extremity"}
-IMAGE_TYPES = {"dermoscopic": "dsc", "clinical: close-up": "macro", "clinical: overview": "clinic"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SKIPPED_FILES = {"attribution.txt"}  # isic-cli's companions of the images (and the licenses/ folder)
 
@@ -69,13 +63,13 @@ def map_row(row: dict, sites: dict) -> dict:
         "image_id": row["isic_id"],
         "lesion_key": row["lesion_id"],
         "diagnosis": diagnosis,
-        "dx": DIAGNOSES.get(diagnosis.lower(), ""),
-        "dx_type": CONFIRM_TYPES.get(confirm.lower(), confirm),
+        "dx": DIAGNOSIS_FROM_ISIC.get(diagnosis.lower(), ""),
+        "dx_type": DX_TYPE_FROM_ISIC.get(confirm.lower(), confirm),
         "age": row["age_approx"],
         "sex": row["sex"],
         "localization": sites.get(site.lower(), site),
         "visit_date": "",
-        "image_type_hint": IMAGE_TYPES.get(row["image_type"].lower(), ""),
+        "image_type_hint": IMAGE_TYPE_FROM_ISIC.get(row["image_type"].lower(), ""),
         "split_hint": "",
         "image_type": row["image_type"],
         "attribution": row["attribution"],
