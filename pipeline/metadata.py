@@ -4,7 +4,9 @@ Free-text pathology is unified to a class by the ordered rules; raw ages, sexes 
 release's vocabulary (ages binned to 5 years, capped); each image and lesion gets its ID from the registries.
 Every candidate ends up either in `metadata.csv` or in `excluded.csv` with the stage and the reason. Rows that
 the schema or the cross-field rules reject are excluded with the validator's message, and the stage fails if
-what remains is still invalid: `dvc repro` never writes an invalid release.
+what remains is still invalid: `dvc repro` never writes an invalid release. A source whose images have no
+`dataset` value (its name is none of the release's and it declares none) stops the stage, naming the source: a
+configuration problem is not a reason to exclude every row of a source.
 De-identified: the release columns carry no free text, file names, slide text or dates.
 """
 from __future__ import annotations
