@@ -1,5 +1,6 @@
 """`ham`: the command-line face of the pipeline. Each stage command is a thin wrapper around one module's function;
-`dvc.yaml` calls them with the paths spelled out."""
+`dvc.yaml` calls them with the paths spelled out. Each stage checks its own params section first (as `ham validate`
+does, the same one-line message) and exits 1 on bad input with one line, never a traceback."""
 from __future__ import annotations
 
 import functools
@@ -9,10 +10,31 @@ from pathlib import Path
 
 import click
 
-from .common import PipelineError, load_params
+from .common import PipelineError
 
-PARAMS_OPTION = click.option("--params", "params_path", type=click.Path(path_type=Path), default="params.yaml",
-                             show_default=True, help="The params file; the command reads only its own section.")
+# Every module imported here at the top is a code dependency of every stage in dvc.yaml: stage and validation
+# modules are imported inside the commands that use them.
+
+
+def path_option(flag: str, default: str, help: str, dest: str | None = None):
+    """A path option of the stage commands, declared once below and shared by every command that takes it."""
+    names = [flag] if dest is None else [flag, dest]
+    return click.option(*names, type=click.Path(path_type=Path), default=default, show_default=True, help=help)
+
+
+PARAMS_OPTION = path_option("--params", "params.yaml", "The params file; the command checks and reads only its own "
+                            "section.", "params_path")
+CANDIDATES = path_option("--candidates", "data/interim/ingest/candidates.csv", "Candidates table (from ingest).")
+OBJECTS = path_option("--objects", "data/interim/ingest/objects", "Object store of the candidates' images.")
+MODEL = path_option("--model", "models/filter.pt", "The image-type network.")
+DECISIONS = path_option("--decisions", "data/interim/filter/decisions.csv", "The filter's decisions.")
+STANDARDISED_INDEX = path_option("--standardised", "data/interim/standardised/index.csv",
+                                 "Index of the standardised images.")
+STANDARDISED_IMAGES = path_option("--standardised", "data/interim/standardised/images",
+                                  "Folder of the standardised images.")
+METADATA = path_option("--metadata", "data/interim/metadata/metadata.csv", "The HAM10000 metadata table.",
+                       "metadata_csv")
+IMAGES = path_option("--images", "data/interim/metadata/images.csv", "Image ID to file table (from metadata).")
 
 
 def friendly_errors(command):
@@ -26,7 +48,33 @@ def friendly_errors(command):
     return wrapper
 
 
-@click.group()
+def section(params_path: Path, name: str) -> dict:
+    """The stage's params section, validated first (the same one-line message as `ham validate`, exit 1)."""
+    from .params import load_section
+
+    return load_section(params_path, name)
+
+
+class LazyGroup(click.Group):
+    """A group whose `lazy` commands live in other modules, imported only when one of them is run or listed."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})  # name -> "module:attribute"
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attribute = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module, __package__), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, lazy={"unify": ".unify:unify_command"})
 @click.version_option(package_name="ham10000-repo")
 def main():
     """Build, validate and release the HAM10000 dataset repository (see README.md)."""
@@ -46,18 +94,15 @@ def sample(directory, seed):
 
 @main.command()
 @PARAMS_OPTION
-@click.option("--out", type=click.Path(path_type=Path), default="data/interim/ingest", show_default=True)
+@path_option("--out", "data/interim/ingest", "Folder of the candidates, rejects and provenance tables.")
 @friendly_errors
 def ingest(params_path, out):
     """Read every raw source in params `ingest.sources` into one candidates table plus a rejects ledger."""
+    from .dvcfile import untracked_sources
     from .ingest import ingest as run
-    from .validate import ingest_dependency_problems, untracked_sources
 
-    params = load_params(params_path, "ingest")
-    repo = params_path.parent
-    for index, path, message in ingest_dependency_problems({"ingest": params}, repo):
-        raise PipelineError(f"{params_path}: ingest.sources[{index}].path {path}: {message}")
-    for path in untracked_sources({"ingest": params}, repo):
+    params = section(params_path, "ingest")
+    for path in untracked_sources({"ingest": params}, params_path.parent):
         click.echo(f"warning: raw source {path} is not tracked by a .dvc file of its own; run `dvc add {path}` "
                    f"so it is versioned and can be pushed and pulled", err=True)
     result = run(params["sources"], params_path.parent, out, params["max_pixels"])
@@ -68,17 +113,16 @@ def ingest(params_path, out):
 
 @main.command("train-filter")
 @PARAMS_OPTION
-@click.option("--candidates", type=click.Path(path_type=Path), default="data/interim/ingest/candidates.csv",
-              show_default=True)
-@click.option("--objects", type=click.Path(path_type=Path), default="data/interim/ingest/objects", show_default=True)
-@click.option("--model", type=click.Path(path_type=Path), default="models/filter.pt", show_default=True)
-@click.option("--metrics", type=click.Path(path_type=Path), default="metrics/filter.json", show_default=True)
+@CANDIDATES
+@OBJECTS
+@MODEL
+@path_option("--metrics", "metrics/filter.json", "Held-out accuracy of the network.")
 @friendly_errors
 def train_filter(params_path, candidates, objects, model, metrics):
     """Train the image-type network (dsc / macro / clinic) on the annotated candidates."""
     from .train_filter import train_filter as run
 
-    params = load_params(params_path, "filter")
+    params = section(params_path, "filter")
     result = run(candidates, objects, Path(params["annotations"]), params, model, metrics)
     click.echo(f"train-filter: {result['trained_on']} images, held-out accuracy {result['holdout_accuracy']} "
                f"on {result['held_out']} -> {model}")
@@ -86,18 +130,17 @@ def train_filter(params_path, candidates, objects, model, metrics):
 
 @main.command("filter")
 @PARAMS_OPTION
-@click.option("--candidates", type=click.Path(path_type=Path), default="data/interim/ingest/candidates.csv",
-              show_default=True)
-@click.option("--objects", type=click.Path(path_type=Path), default="data/interim/ingest/objects", show_default=True)
-@click.option("--model", type=click.Path(path_type=Path), default="models/filter.pt", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default="data/interim/filter", show_default=True)
+@CANDIDATES
+@OBJECTS
+@MODEL
+@path_option("--out", "data/interim/filter", "Folder of the decisions and the review queue.")
 @friendly_errors
 def filter_(params_path, candidates, objects, model, out):
     """Decide every candidate's image type (annotation first, else the model); keep dermatoscopic images and
     write the review queue of uncertain ones."""
     from .filter import decide
 
-    params = load_params(params_path, "filter")
+    params = section(params_path, "filter")
     decisions = decide(candidates, objects, Path(params["annotations"]), model, params, out / "decisions.csv",
                        out / "review_queue.csv")
     kept = sum(d["keep"] == "true" for d in decisions)
@@ -107,18 +150,16 @@ def filter_(params_path, candidates, objects, model, out):
 
 @main.command()
 @PARAMS_OPTION
-@click.option("--candidates", type=click.Path(path_type=Path), default="data/interim/ingest/candidates.csv",
-              show_default=True)
-@click.option("--decisions", type=click.Path(path_type=Path), default="data/interim/filter/decisions.csv",
-              show_default=True)
-@click.option("--objects", type=click.Path(path_type=Path), default="data/interim/ingest/objects", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default="data/interim/standardised", show_default=True)
+@CANDIDATES
+@DECISIONS
+@OBJECTS
+@path_option("--out", "data/interim/standardised", "Folder of the standardised images and their index.")
 @friendly_errors
 def standardise(params_path, candidates, decisions, objects, out):
     """Turn every kept image into a 600x450 JPEG by the authors' mogrify recipe (only images not done before)."""
     from .standardise import standardise as run
 
-    counts = run(candidates, decisions, objects, load_params(params_path, "standardise"), out / "images",
+    counts = run(candidates, decisions, objects, section(params_path, "standardise"), out / "images",
                  out / "index.csv")
     click.echo(f"standardise: {counts['kept']} images ({counts['processed']} processed, {counts['reused']} reused, "
                f"{counts['duplicates']} identical duplicates) -> {out}")
@@ -126,20 +167,17 @@ def standardise(params_path, candidates, decisions, objects, out):
 
 @main.command()
 @PARAMS_OPTION
-@click.option("--candidates", type=click.Path(path_type=Path), default="data/interim/ingest/candidates.csv",
-              show_default=True)
-@click.option("--decisions", type=click.Path(path_type=Path), default="data/interim/filter/decisions.csv",
-              show_default=True)
-@click.option("--standardised", type=click.Path(path_type=Path), default="data/interim/standardised/index.csv",
-              show_default=True)
-@click.option("--registry", type=click.Path(path_type=Path), default="registry", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default="data/interim/metadata", show_default=True)
+@CANDIDATES
+@DECISIONS
+@STANDARDISED_INDEX
+@path_option("--registry", "registry", "Folder of the ID registries (images.csv, lesions.csv).")
+@path_option("--out", "data/interim/metadata", "Folder of the metadata, images and excluded tables.")
 @friendly_errors
 def metadata(params_path, candidates, decisions, standardised, registry, out):
     """Unify diagnoses, normalise and validate the metadata, give stable image and lesion IDs."""
     from .metadata import build_metadata
 
-    params = load_params(params_path, "metadata")
+    params = section(params_path, "metadata")
     counts = build_metadata(candidates, decisions, standardised, params, registry, out,
                             Path(params["rules"]) if params.get("rules") else None)
     click.echo(f"metadata: {counts['rows']} rows, {counts['excluded']} excluded (see {out}/excluded.csv), "
@@ -151,38 +189,32 @@ def metadata(params_path, candidates, decisions, standardised, registry, out):
 
 @main.command()
 @PARAMS_OPTION
-@click.option("--metadata", "metadata_csv", type=click.Path(path_type=Path),
-              default="data/interim/metadata/metadata.csv", show_default=True)
-@click.option("--images", type=click.Path(path_type=Path), default="data/interim/metadata/images.csv",
-              show_default=True)
-@click.option("--registry", type=click.Path(path_type=Path), default="registry/splits.csv", show_default=True)
+@METADATA
+@IMAGES
+@path_option("--registry", "registry/splits.csv", "The split registry.")
 @friendly_errors
 def split(params_path, metadata_csv, images, registry):
     """Assign every new lesion to train / val / test (lesion-disjoint; assigned lesions never move)."""
     from .split import assign_splits
 
-    counts = assign_splits(metadata_csv, images, load_params(params_path, "split"), registry)
+    counts = assign_splits(metadata_csv, images, section(params_path, "split"), registry)
     click.echo(f"split: {counts['new_lesions']} new lesions assigned; images per split {counts['images']}")
 
 
 @main.command()
 @PARAMS_OPTION
-@click.option("--metadata", "metadata_csv", type=click.Path(path_type=Path),
-              default="data/interim/metadata/metadata.csv", show_default=True)
-@click.option("--images", type=click.Path(path_type=Path), default="data/interim/metadata/images.csv",
-              show_default=True)
-@click.option("--splits", type=click.Path(path_type=Path), default="registry/splits.csv", show_default=True)
-@click.option("--standardised", type=click.Path(path_type=Path), default="data/interim/standardised/images",
-              show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default="release", show_default=True)
-@click.option("--summary", "summary_json", type=click.Path(path_type=Path), default="metrics/release.json",
-              show_default=True)
+@METADATA
+@IMAGES
+@path_option("--splits", "registry/splits.csv", "The split registry.")
+@STANDARDISED_IMAGES
+@path_option("--out", "release", "The release folder.")
+@path_option("--summary", "metrics/release.json", "Counts per split and class.", "summary_json")
 @friendly_errors
 def release(params_path, metadata_csv, images, splits, standardised, out, summary_json):
     """Write the release folder: images and metadata per split, attribution, manifest with every file's sha256."""
     from .release import build_release, format_summary
 
-    summary = build_release(metadata_csv, images, splits, standardised, load_params(params_path, "release"), out,
+    summary = build_release(metadata_csv, images, splits, standardised, section(params_path, "release"), out,
                             summary_json)
     click.echo(format_summary(summary))
 
@@ -199,11 +231,39 @@ def summary(summary_json):
     click.echo(format_summary(json.loads(summary_json.read_text())))
 
 
-from .unify import unify_command  # noqa: E402  (registered after the stage commands, for --help order)
-from .validate import validate_command  # noqa: E402
+@main.command("validate")
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table: aligned text for people; json: a list of problems (file, row, field, value, message).")
+def validate_command(paths: tuple[Path, ...], fmt: str) -> None:
+    """Check metadata, manifest, candidates and decisions CSVs and params.yaml against the JSON Schemas in
+    schemas/ and the rules across rows (unique IDs, a lesion's images agreeing, lesion-disjoint splits, ...).
 
-main.add_command(unify_command, "unify")
-main.add_command(validate_command, "validate")
+    Prints every problem with its file, row, field and value and exits 1 if there is any; otherwise prints how
+    many files are valid and exits 0. Rows count from 1 after the header (0 is the header itself); in params
+    files the row is the line of the key.
+    """
+    from dataclasses import asdict
+
+    from .schema_messages import format_table
+    from .validate import validate_path
+
+    problems = []
+    for path in paths:
+        problems += validate_path(path)
+    if fmt == "json":
+        click.echo(json.dumps([asdict(p) for p in problems], indent=2, ensure_ascii=False))
+    elif problems:
+        click.echo(format_table(problems))
+        bad_files = len({p.file for p in problems})
+        click.echo(f"{len(problems)} problem{'s' * (len(problems) != 1)} in {bad_files} of {len(paths)} "
+                   f"file{'s' * (len(paths) != 1)}")
+    else:
+        click.echo(f"{len(paths)} file{'s' * (len(paths) != 1)} valid")
+    if problems:
+        click.get_current_context().exit(1)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,9 @@ EXIF rotation, are stored as a normalised lossless PNG so later stages see uprig
 Work is cached twice: images by content hash in the (persistent) object store, so an image is decoded once; and
 raw files by their stamp (path, size, mtime, inode, joined fields) in `read_cache.json`, so a re-run after one
 new deck or folder reads only the new files (see `sources.Unit`).
+Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
+`options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
+`extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).
 """
 from __future__ import annotations
 
@@ -162,6 +165,8 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         rejects.append({"source": name, "origin": origin, "member": member, "reason": reason})
         return {"origin": origin, "member": member, "reason": reason}
 
+    declared: dict[str, dict] = {}  # source name -> fields its params set on every candidate (not cached)
+
     def take(name: str, kind: str, candidate_id: str, origin: str, member: str, fields: dict,
              data: bytes | None) -> dict:
         """One image (bytes given, or known from the caches) -> candidate, duplicate or reject; its cache entry."""
@@ -186,6 +191,8 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                     "height": checked.height, "format": checked.format, "checked_with": checked_with}
             cache[candidate_id] = info
         provenance.append(place)
+        fields = {**fields, **{key: value for key, value in declared[name].items()
+                               if key == "image_type_hint" or not fields.get(key)}}
         candidates[candidate_id] = {
             **place, "kind": kind, "object": info["object"], "width": info["width"],
             "height": info["height"], "format": info["format"],
@@ -215,11 +222,17 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         except KeyError:
             raise PipelineError(f"params.yaml: ingest.sources[{position}] ({name}): unknown kind '{kind}'; "
                                 f"known: {', '.join(sources.known_kinds())}") from None
+        options = sources.options_for(kind).from_options(name, config.get("options"))
+        # Set on each of the source's candidates, not on what the read cache keeps: a change needs no re-read.
+        # The source's image_type overrides the reader's hint; its dataset fills in where no image records one.
+        declared[name] = {key: value for key, value in (("image_type_hint", options.image_type),
+                                                        ("dataset", config.get("dataset"))) if value}
         root = (Path(base_dir) / path).resolve()
         if not root.is_dir():
-            raise PipelineError(f"source {name}: folder {path} not found")
+            raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
+                                                                     "does not exist"))
         reader_version = source_version(sys.modules[read.__module__])
-        for element in progress(read(root, dict(config.get("options") or {})), f"ingest {name}"):
+        for element in progress(read(root, options), f"ingest {name}"):
             if not isinstance(element, Unit):
                 handle(name, kind, element)
                 continue

@@ -4,7 +4,9 @@ Free-text pathology is unified to a class by the ordered rules; raw ages, sexes 
 release's vocabulary (ages binned to 5 years, capped); each image and lesion gets its ID from the registries.
 Every candidate ends up either in `metadata.csv` or in `excluded.csv` with the stage and the reason. Rows that
 the schema or the cross-field rules reject are excluded with the validator's message, and the stage fails if
-what remains is still invalid: `dvc repro` never writes an invalid release.
+what remains is still invalid: `dvc repro` never writes an invalid release. A source whose images have no
+`dataset` value (its name is none of the release's and it declares none) stops the stage, naming the source: a
+configuration problem is not a reason to exclude every row of a source.
 De-identified: the release columns carry no free text, file names, slide text or dates.
 """
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pathlib import Path
 from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
 from .unify import coverage, load_rules, unify
-from .validate import validate_metadata_rows, values_agree
+from .tables import validate_metadata_rows, values_agree
 from .vocabulary import (CLASSES, DATASETS, DX_TYPE_OF, DX_TYPES, LOCALIZATION_OF, RELEASE_COLUMNS, SEX_OF,
-                         SEXES, parse_age)
+                         SEXES, PUBLIC_KINDS, UNKNOWN_DATASET, parse_age)
 
 METADATA_COLUMNS = RELEASE_COLUMNS  # metadata.csv holds exactly the release's columns
 IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint")
@@ -68,21 +70,37 @@ def normalise(candidate: dict, rules, params: dict) -> dict:
     if site is None:
         raise Excluded(f"localization {candidate['localization']!r} is not in the release vocabulary")
     return {"dx": dx, "dx_type": dx_type, "age": bin_age(candidate["age"], params["age_cap"]), "sex": sex,
-            "localization": site, "dataset": dataset_of(candidate, params.get("datasets") or {})}
+            "localization": site, "dataset": dataset_of(candidate)}
 
 
-def dataset_of(candidate: dict, datasets: dict) -> str:
-    """The image's collection: as its source records it per image (the release's newer edition), else as
-    params maps the source, else the source's name. Public images whose collection no source records (the ISIC
-    2018 test set, an archive export) are 'unknown'; any other unmapped name fails validation with its value."""
+def dataset_of(candidate: dict) -> str | None:
+    """The image's collection: as recorded for the image in `extra` (per image by the release's newer edition,
+    or the source's declared `dataset`, which ingest writes there), else the source's name where it is one of
+    the release's datasets. Images of a public-release kind (ham10000, isic) that record none are 'unknown'.
+    None where nothing says: a configuration problem of the source (see `check_datasets`)."""
     recorded = json.loads(candidate.get("extra") or "{}").get("dataset", "")
     if recorded:
         return recorded
-    if candidate["source"] in datasets:
-        return datasets[candidate["source"]]
-    if candidate.get("image_id") and candidate["source"] not in DATASETS:
-        return "unknown"
-    return candidate["source"]
+    if candidate["source"] in DATASETS:
+        return candidate["source"]
+    if candidate.get("kind") in PUBLIC_KINDS:
+        return UNKNOWN_DATASET
+    return None
+
+
+def check_datasets(candidates: list[dict], candidates_csv) -> None:
+    """Fail, naming the source, where a source's images have no dataset value: every row of that source would
+    otherwise be excluded for one configuration reason."""
+    lacking: dict[str, int] = defaultdict(int)
+    for candidate in candidates:
+        if dataset_of(candidate) is None:
+            lacking[candidate["source"]] += 1
+    if lacking:
+        source, count = sorted(lacking.items())[0]
+        others = f" (also: {', '.join(sorted(lacking)[1:])})" if len(lacking) > 1 else ""
+        raise PipelineError(f"{candidates_csv}: source {source} ({count} image{'s' * (count != 1)}) has no dataset "
+                            f"value: its name is not one of {', '.join(DATASETS)}; declare `dataset:` for it under "
+                            f"ingest.sources in params.yaml and run ingest again{others}")
 
 
 def _harmonise_lesions(rows: list[dict], exclude) -> list[dict]:
@@ -112,6 +130,7 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
     candidates = read_csv(candidates_csv, ("candidate_id", "source", "origin", "member", "lesion_key"))
     decisions = {d["candidate_id"]: d for d in read_csv(decisions_csv, ("candidate_id", "keep", "image_type"))}
     standardised = {s["candidate_id"]: s for s in read_csv(standardised_csv, ("candidate_id", "file", "sha256"))}
+    check_datasets(candidates, candidates_csv)
     rules = load_rules(rules_path)
     ids = params["ids"]
 

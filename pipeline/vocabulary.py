@@ -73,6 +73,9 @@ DATASETS = ("rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias")
 # For public images whose collection no source records (the ISIC 2018 test set, an archive export).
 UNKNOWN_DATASET = "unknown"
 DATASET_VALUES = (*DATASETS, UNKNOWN_DATASET)
+# Source kinds that read a public release, whose images may carry their collection per image or none at all
+# (UNKNOWN_DATASET); every other source needs a name from DATASETS or a declared `dataset`.
+PUBLIC_KINDS = ("ham10000", "isic")
 # Collections whose images were all confirmed by histopathology (Tschandl et al. 2018, table 1).
 HISTO_ONLY_DATASETS = ("rosendahl", "vienna_dias")
 

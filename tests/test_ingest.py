@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.common import read_csv, sha256_bytes
+from pipeline.common import PipelineError, read_csv, sha256_bytes
 from pipeline.ingest import BadImage, check_image, ingest
 
 pytestmark = pytest.mark.real_data
@@ -264,3 +264,30 @@ def test_ingest_incremental_and_pruned(tmp_path, real_images):
     assert f"{sha256_bytes(names[removed])}.jpg" not in objects
     index = read_csv(out / "objects" / "index.csv")
     assert {r["candidate_id"] for r in index} == {c["candidate_id"] for c in third.candidates}
+
+
+def test_source_image_type_and_dataset_reach_every_candidate(tmp_path, real_images):
+    """`options.image_type` becomes each candidate's image_type_hint and `dataset` goes into its extra; changing
+    them re-reads nothing (they are not part of what the read cache keeps)."""
+    names = {f"img{i}.jpg": real_images[30 + i].read_bytes() for i in range(3)}
+    make_export(tmp_path / "src", names, list(names))
+    out = tmp_path / "out"
+
+    def source(**declared) -> list[dict]:
+        options = {**OPTIONS, **({"image_type": declared.pop("image_type")} if "image_type" in declared else {})}
+        return [{"name": "batch2", "kind": "export", "path": "src", "options": options, **declared}]
+
+    plain = ingest(source(), tmp_path, out, BIG)
+    assert {(c["image_type_hint"], c["extra"]) for c in plain.candidates} == {("", "")}
+    declared = ingest(source(image_type="macro", dataset="vidir_modern"), tmp_path, out, BIG)
+    assert declared.units_cached == 3 and declared.units_read == 0
+    assert [(c["image_type_hint"], c["extra"]) for c in read_csv(out / "candidates.csv")] == \
+        [("macro", '{"dataset": "vidir_modern"}')] * 3
+    with pytest.raises(PipelineError, match=r"^source batch2: option image_type: expected one of: dsc, macro, clinic$"):
+        ingest(source(image_type="clinical"), tmp_path, out, BIG)
+
+
+def test_missing_source_folder_is_named(tmp_path):
+    with pytest.raises(PipelineError, match=r"^source batch2: folder nowhere does not exist$"):
+        ingest([{"name": "batch2", "kind": "export", "path": "nowhere", "dataset": "vidir_modern"}], tmp_path,
+               tmp_path / "out", BIG)

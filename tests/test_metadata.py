@@ -15,7 +15,7 @@ from pipeline.unify import load_rules
 
 PARAMS = {"age_cap": 85, "ids": {"image_prefix": "ISIC_", "image_start": 9000000, "lesion_prefix": "HAM_",
                                  "lesion_start": 9000000},
-          "official_lesion_ids_from": [], "datasets": {}}
+          "official_lesion_ids_from": []}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_normalise_fields(rules):
     assert normalise(raw(dx_type="follow-up"), rules, PARAMS)["dx_type"] == "follow_up"
     unified = normalise(raw(dx="", diagnosis="Nodular melanoma, Breslow 1.2 mm"), rules, PARAMS)
     assert unified["dx"] == "mel"
-    mapped = normalise(raw(source="vienna"), rules, {**PARAMS, "datasets": {"vienna": "vienna_dias"}})
-    assert mapped["dataset"] == "vienna_dias"
+    declared = normalise(raw(source="vienna", extra='{"dataset": "vienna_dias"}'), rules, PARAMS)
+    assert declared["dataset"] == "vienna_dias"
 
 
 @pytest.mark.parametrize("fields, reason", [
@@ -288,16 +288,42 @@ def test_official_image_id_conflict_is_an_error(tmp_path, scenario):
         run(tmp_path, "v2", scenario, [*scenario["rows"], thief])
 
 
-@pytest.mark.parametrize("candidate, datasets, expected", [
-    ({"source": "public", "image_id": "ISIC_0024306", "extra": '{"dataset": "vidir_molemax"}'}, {}, "vidir_molemax"),
-    ({"source": "public", "image_id": "ISIC_0024306", "extra": '{"dataset": "vidir_molemax"}'},
-     {"public": "rosendahl"}, "vidir_molemax"),  # the per-image record wins over the per-source mapping
-    ({"source": "queensland", "image_id": "", "extra": ""}, {"queensland": "rosendahl"}, "rosendahl"),
-    ({"source": "rosendahl", "image_id": "", "extra": ""}, {}, "rosendahl"),
-    ({"source": "public", "image_id": "ISIC_0034524", "extra": ""}, {}, "unknown"),  # ISIC 2018 test image
-    ({"source": "queensland", "image_id": "", "extra": ""}, {}, "queensland"),  # left for validation to name
+@pytest.mark.parametrize("candidate, expected", [
+    ({"source": "public", "kind": "ham10000", "extra": '{"dataset": "vidir_molemax"}'}, "vidir_molemax"),
+    # a source's declared dataset reaches the candidate's extra the same way (ingest writes it there)
+    ({"source": "queensland", "kind": "pptx", "extra": '{"dataset": "rosendahl"}'}, "rosendahl"),
+    ({"source": "rosendahl", "kind": "export", "extra": ""}, "rosendahl"),
+    ({"source": "public", "kind": "ham10000", "extra": ""}, "unknown"),  # an ISIC 2018 test image
+    ({"source": "archive", "kind": "isic", "extra": ""}, "unknown"),
+    ({"source": "queensland", "kind": "export", "extra": ""}, None),  # nothing says: the stage fails
 ])
-def test_dataset_of(candidate, datasets, expected):
+def test_dataset_of(candidate, expected):
     from pipeline.metadata import dataset_of
 
-    assert dataset_of(candidate, datasets) == expected
+    assert dataset_of(candidate) == expected
+
+
+def test_a_source_without_dataset_fails_the_stage_naming_it(tmp_path):
+    """A configuration problem stops the stage with one line, instead of excluding every row of the source."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    def row(number: int, source: str, **fields) -> dict:
+        base = {column: "" for column in CANDIDATE_COLUMNS}
+        return {**base, "candidate_id": f"{number:064x}", "source": source, "kind": "export", "origin": f"{number}.jpg",
+                "lesion_key": f"L{number}", "dx": "nv", "dx_type": "histo", **fields}
+
+    candidates = [row(1, "rosendahl"), row(2, "batch2"), row(3, "batch2"), row(4, "batch3", extra='{"dataset": '
+                                                                                                  '"vidir_modern"}')]
+    paths = write_inputs(tmp_path / "in", candidates)
+    params = tmp_path / "params.yaml"
+    params.write_text(Path(__file__).resolve().parent.parent.joinpath("params.yaml").read_text())
+    result = CliRunner().invoke(main, ["metadata", "--params", str(params), "--candidates", str(paths[0]),
+                                       "--decisions", str(paths[1]), "--standardised", str(paths[2]),
+                                       "--registry", str(tmp_path / "registry"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {paths[0]}: source batch2 (2 images) has no dataset value: its name is not one "
+                             "of rosendahl, vidir_modern, vidir_molemax, vienna_dias; declare `dataset:` for it under "
+                             "ingest.sources in params.yaml and run ingest again\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "registry").exists()

@@ -124,7 +124,9 @@ def _real_sources(ham_data: Path, raw: Path) -> tuple[list[dict], dict[str, dict
             shutil.copyfile(path, folder / "images" / path.name)
             writer.writerow({"file": f"images/{path.name}", "lesion_key": f"DN-{number}",
                              "diagnosis": path.name.split("__")[0].replace("_", " ")})
-    sources.append({"name": "dermnet", "kind": "export", "path": "data/raw/real/dermnet", "options": {}})
+    # not one of the study's collections: its dataset value is declared (its images should never be released)
+    sources.append({"name": "dermnet", "kind": "export", "path": "data/raw/real/dermnet", "dataset": "unknown",
+                    "options": {}})
     return sources, truth
 
 

@@ -270,7 +270,7 @@ def test_isic_export_as_test_metadata_carries_the_test_set_through_the_metadata_
                 tmp_path / "std" / "index.csv")
     params = {"age_cap": 85, "ids": {"image_prefix": "ISIC_", "image_start": 9000000, "lesion_prefix": "HAM_",
                                      "lesion_start": 9000000},
-              "official_lesion_ids_from": ["public"], "datasets": {}}
+              "official_lesion_ids_from": ["public"]}
     counts = build_metadata(tmp_path / "ingest" / "candidates.csv", tmp_path / "decisions.csv",
                             tmp_path / "std" / "index.csv", params, tmp_path / "registry", tmp_path / "meta")
     excluded = read_csv(tmp_path / "meta" / "excluded.csv")

@@ -10,15 +10,27 @@ and inode, the fields the reader joined onto it, the options that shape it), and
 it has not seen that stamp with the same reader code before. That is how a re-run after one new deck or folder
 only reads the new material. The catalogue work around the units (listing files, reading index tables, matching
 rows to files) stays in the reader and runs every time: it is cheap, and it is where rejects across files arise.
+
+Each kind declares its options as one typed, frozen dataclass (a subclass of `SourceOptions`, in its reader
+module, registered beside the reader in `KINDS`), built by `from_options(source_name, options)`: an unknown key
+(with the closest known one suggested) or a bad value (a regex that does not compile, a column mapping that is not
+a mapping of text, text where a number belongs) raises `OptionError`, one line naming the source and the key.
+`schemas/params.schema.json` describes the same options per kind; a test keeps the two equal.
 """
 from __future__ import annotations
 
 import csv
+import difflib
 import importlib
 import json
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Union
+
+from ..common import PipelineError
+from ..vocabulary import IMAGE_TYPES
 
 # What a source may say about an image; every candidate row carries these columns (empty where unknown).
 ITEM_FIELDS = (
@@ -149,26 +161,205 @@ def expand(elements) -> Iterator[Union[RawItem, Reject]]:
             yield element
 
 
-Reader = Callable[[Path, dict], Iterator[Union[RawItem, Reject, Unit]]]
+# ---------------------------------------------------------------------------------------------- typed options
 
-# kind -> (module in this package, reader function). A reader takes (source root folder, options dict).
+class OptionError(PipelineError):
+    """A source option that is unknown or has a bad value: one line naming the source and the key."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source, self.key, self.message = source, key, message
+        super().__init__(f"source {source}: option {key}: {message}")
+
+
+def _what(value) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true or false"
+    return {int: "an integer", float: "a number", str: "text", dict: "a mapping", list: "a list"}.get(
+        type(value), "a mapping" if isinstance(value, Mapping) else type(value).__name__)
+
+
+def _did_you_mean(word, known) -> str:
+    match = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def text(nullable: bool = False, null=None):
+    """Checker of a non-empty text option; with ``nullable``, null (or "") gives ``null``."""
+    def check(value):
+        if nullable and value in (None, ""):
+            return null
+        if not isinstance(value, str):
+            return _fail(f"expected text, got {_what(value)}")
+        if not value:
+            return _fail("must not be empty")
+        return value
+    return check
+
+
+def number(minimum=None, maximum=None, above=None, below=None, integer: bool = False):
+    """Checker of a number option (an integer with ``integer``; a float otherwise) within the given bounds."""
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            return _fail(f"expected {'an integer' if integer else 'a number'}, got {_what(value)}")
+        if minimum is not None and value < minimum:
+            return _fail(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            return _fail(f"must be at most {maximum}")
+        if above is not None and value <= above:
+            return _fail(f"must be more than {above}")
+        if below is not None and value >= below:
+            return _fail(f"must be less than {below}")
+        return value if integer else float(value)
+    return check
+
+
+def mapping(keys: tuple[str, ...] | None = None):
+    """Checker of a mapping of text to text (null: empty); ``keys``: the only keys allowed."""
+    def check(value):
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            return _fail(f"expected a mapping, got {_what(value)}")
+        for key, item in value.items():
+            if keys is not None and key not in keys:
+                return _fail(f"unknown key {key!r}{_did_you_mean(key, keys)}; expected some of: {', '.join(keys)}")
+            if not isinstance(item, str) or not item:
+                return _fail(f"{key}: expected text, got {_what(item) if item != '' else 'nothing'}")
+        return {str(key): item for key, item in value.items()}
+    return check
+
+
+def text_list(default: tuple[str, ...]):
+    """Checker of a list of text (null or empty: ``default``)."""
+    def check(value):
+        if value in (None, []):
+            return default
+        if not isinstance(value, list):
+            return _fail(f"expected a list, got {_what(value)}")
+        if not all(isinstance(item, str) and item for item in value):
+            return _fail("expected a list of file names (text)")
+        return tuple(value)
+    return check
+
+
+def regex(groups: int = 0, nullable: bool = False, named: tuple[str, ...] = (), default: str | None = None):
+    """Checker of a regular expression option, compiled; it needs ``groups`` groups (or all of ``named``).
+    Null (or ""): ``default`` compiled, else None where ``nullable``."""
+    def check(value):
+        if value in (None, ""):
+            if default is not None:
+                return re.compile(default)
+            if nullable:
+                return None
+        if not isinstance(value, str):
+            return _fail(f"expected a regular expression (text), got {_what(value)}")
+        try:
+            pattern = re.compile(value)
+        except re.error as error:
+            return _fail(f"'{value}' is not a valid regular expression ({error})")
+        if named and set(named) <= set(pattern.groupindex):
+            return pattern
+        if pattern.groups < groups:
+            wanted = (f"named groups {', '.join(named)} (or {groups} groups in that order)" if named
+                      else f"{groups} group{'s' * (groups != 1)} (...)")
+            return _fail(f"'{value}' needs {wanted}")
+        return pattern
+    return check
+
+
+def choice(*values: str, nullable: bool = True):
+    def check(value):
+        if nullable and value is None:
+            return None
+        if value not in values:
+            return _fail(f"expected one of: {', '.join(values)}")
+        return value
+    return check
+
+
+class _BadValue(ValueError):
+    pass
+
+
+def _fail(message: str):
+    raise _BadValue(message)
+
+
+def option(default=None, check=None, factory=None):
+    """A dataclass field of a typed options object: its default and the checker of a given value."""
+    metadata = {"check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options every kind of source takes; each kind's options class adds its own."""
+
+    KIND = "any"
+    # dsc / macro / clinic: the type of every image of the source; ingest writes it as each candidate's
+    # image_type_hint (the reader's own hint is overridden)
+    image_type: str | None = option(None, choice(*IMAGE_TYPES))
+
+    @classmethod
+    def from_options(cls, source: str, options: Mapping | None):
+        """The typed options of source ``source`` from its params mapping; raises OptionError naming the key."""
+        if isinstance(options, cls):
+            return options
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping):
+            raise OptionError(source, "options", f"expected a mapping of option names to values, got {_what(options)}")
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in options.items():
+            if key not in known:
+                raise OptionError(source, str(key), f"unknown option of {cls.KIND} sources"
+                                                    f"{_did_you_mean(key, known)}; known: {', '.join(known)}")
+            check = known[key].metadata.get("check")
+            try:
+                values[key] = check(value) if check else value
+            except _BadValue as error:
+                raise OptionError(source, key, str(error)) from None
+        return cls(**values)
+
+    @classmethod
+    def of(cls, options):
+        """Typed options from a typed object or a plain mapping (readers called directly, by tests and tools)."""
+        return cls.from_options(f"({cls.KIND})", options)
+
+
+Reader = Callable[[Path, SourceOptions], Iterator[Union[RawItem, Reject, Unit]]]
+
+# kind -> (module in this package, reader function, options class). A reader takes (source root folder, options).
 KINDS = {
-    "export": ("export", "read_export"),
-    "folder": ("export", "read_export"),
-    "pptx": ("pptx", "read_pptx"),
-    "series": ("series", "read_series"),
-    "slides": ("slides", "read_slides"),
-    "ham10000": ("ham10000", "read_ham10000"),
-    "isic": ("isic", "read_isic"),
+    "export": ("export", "read_export", "ExportOptions"),
+    "folder": ("export", "read_export", "ExportOptions"),
+    "pptx": ("pptx", "read_pptx", "PptxOptions"),
+    "series": ("series", "read_series", "SeriesOptions"),
+    "slides": ("slides", "read_slides", "SlideOptions"),
+    "ham10000": ("ham10000", "read_ham10000", "Ham10000Options"),
+    "isic": ("isic", "read_isic", "IsicOptions"),
 }
 
 
-def reader_for(kind: str) -> Reader:
+def _member(kind: str, position: int):
     if kind not in KINDS:
         raise KeyError(kind)
-    module_name, function = KINDS[kind]
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, function)
+    module = importlib.import_module(f"{__name__}.{KINDS[kind][0]}")
+    return getattr(module, KINDS[kind][position])
+
+
+def reader_for(kind: str) -> Reader:
+    return _member(kind, 1)
+
+
+def options_for(kind: str) -> type[SourceOptions]:
+    """The typed options class of a kind of source."""
+    return _member(kind, 2)
 
 
 def known_kinds() -> list[str]:

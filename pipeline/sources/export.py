@@ -8,6 +8,7 @@ Options:
            names; fields not mapped are looked up under their own name and left empty where absent; columns
            not used are ignored
   images:  folder holding the images, relative to the source root (default: the source root)
+  image_type: dsc / macro / clinic, the type of every image of the source (every kind takes it)
 
 Workbook cells are read as strings the same way every time: text stripped; numbers as floats, the way the
 release CSV writes ages (`45.0`, `47.5`; Excel stores every number as a float, so a cell showing 45 also reads
@@ -23,12 +24,23 @@ from __future__ import annotations
 
 import csv
 import datetime
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import ITEM_FIELDS, BadTable, RawItem, Reject, Unit, file_unit, read_sheet
+from . import ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, mapping, option, read_sheet, text
 
 INDEX_SKIP = {".csv", ".xlsx", ".xls", ".md", ".txt", ".json", ".yaml", ".yml"}
+COLUMN_KEYS = ("file", *ITEM_FIELDS)  # what `columns` may map
+
+
+@dataclass(frozen=True)
+class ExportOptions(SourceOptions):
+    KIND = "export"
+    index: str = option("index.csv", text())
+    sheet: str | None = option(None, text(nullable=True))
+    columns: dict = option(check=mapping(COLUMN_KEYS), factory=dict)
+    images: str = option(".", text())
 
 
 class UnusableIndex(Exception):
@@ -86,16 +98,16 @@ def read_xlsx_index(path: Path, name: str, sheet: str | None) -> tuple[str, list
     return f"{name} sheet {title!r}", header, rows
 
 
-def read_index(root: Path, name: str, options: dict) -> tuple[str, list[tuple[str, dict]]]:
+def read_index(root: Path, name: str, options: ExportOptions) -> tuple[str, list[tuple[str, dict]]]:
     """The index's label and rows; raise UnusableIndex if it is missing, unreadable or lacks a needed column."""
     path = root / name
     if not path.is_file():
         raise UnusableIndex(f"export index {name} not found in {root}")
     if path.suffix.lower() == ".xlsx":
-        label, header, rows = read_xlsx_index(path, name, options.get("sheet"))
+        label, header, rows = read_xlsx_index(path, name, options.sheet)
     else:
         label, header, rows = read_csv_index(path, name)
-    columns = dict(options.get("columns") or {})
+    columns = options.columns
     file_column = columns.get("file", "file")
     if file_column not in header:
         raise UnusableIndex(f"{label}: missing column '{file_column}' (the image file name)")
@@ -105,10 +117,11 @@ def read_index(root: Path, name: str, options: dict) -> tuple[str, list[tuple[st
     return label, rows
 
 
-def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
-    index_name = options.get("index", "index.csv")
-    columns = dict(options.get("columns") or {})
-    images_dir = root / options.get("images", ".")
+def read_export(root: Path, options: ExportOptions | dict) -> Iterator[Union[RawItem, Reject, Unit]]:
+    options = ExportOptions.of(options)
+    index_name = options.index
+    columns = options.columns
+    images_dir = root / options.images
     index_path = root / index_name
     file_column = columns.get("file", "file")
     named: set[str] = set()
@@ -125,7 +138,7 @@ def read_export(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Un
         if relative is None:
             yield Reject(index_name, member, f"{label} {member}: bad file name {row.get(file_column)!r}")
             continue
-        origin = str(PurePosixPath(options.get("images", ".")) / relative).removeprefix("./")
+        origin = str(PurePosixPath(options.images) / relative).removeprefix("./")
         named.add(origin)
         path = images_dir / relative
         if not path.is_file():

@@ -12,7 +12,7 @@ Options (all file names relative to the source root):
   metadata:          the release metadata CSV (default `HAM10000_metadata.csv`)
   zips:              list of the training image zips (default the two `HAM10000_images_part_N.zip`)
   test_zip:          the test image zip (default `ISIC2018_Task3_Test_Input.zip`; skipped if the default is
-                     absent, rejected if a name given here is absent)
+                     absent, rejected if a name given here is absent; null or "" reads no test set)
   test_ground_truth: the test labels (default `ISIC2018_Task3_Test_GroundTruth.csv`)
   test_metadata:     optional CSV with the test images' lesion IDs: column `image` or `image_id`, column
                      `lesion_id`, and optionally dx_type (or ISIC's diagnosis_confirm_type), age, sex,
@@ -21,6 +21,7 @@ Options (all file names relative to the source root):
                      release's vocabulary become `unknown`, the raw site is kept as an extra field). Without it each test image is its own lesion, key `test/<image_id>`, and
                      the test images carry no dx_type (the ground truth has none).
   max_member_bytes:  zip members larger than this are rejected unread (default 256 MiB; zip bombs)
+  image_type:        dsc / macro / clinic for every image (every kind takes it; the release is all dsc)
 
 Fields: the official IDs are kept (image_id = ISIC_..., lesion_key = HAM_...); dx, dx_type, age, sex and
 localization exactly as in the CSV; `dataset` (newer edition) as an extra field; image_type_hint `dsc` (the
@@ -38,13 +39,14 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 from ..vocabulary import DX_TYPE_FROM_ISIC, GROUND_TRUTH_COLUMNS as GROUND_TRUTH_CLASSES, HAM_COLUMNS
 from ..vocabulary import SITE_FROM_ISIC
-from . import BadTable, RawItem, Reject, Unit, file_stamp, read_table
+from . import BadTable, RawItem, Reject, SourceOptions, Unit, file_stamp, number, option, read_table, text, text_list
 
 DEFAULT_METADATA = "HAM10000_metadata.csv"
 DEFAULT_ZIPS = ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
@@ -54,6 +56,18 @@ DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 METADATA_COLUMNS = HAM_COLUMNS
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+@dataclass(frozen=True)
+class Ham10000Options(SourceOptions):
+    KIND = "ham10000"
+    metadata: str = option(DEFAULT_METADATA, text())
+    zips: tuple = option(DEFAULT_ZIPS, text_list(DEFAULT_ZIPS))
+    # None: the default name, read if that file is present; "" (null in params): no test set
+    test_zip: str | None = option(None, text(nullable=True, null=""))
+    test_ground_truth: str = option(DEFAULT_TEST_GROUND_TRUTH, text())
+    test_metadata: str | None = option(None, text(nullable=True))
+    max_member_bytes: int = option(DEFAULT_MAX_MEMBER_BYTES, number(above=0, integer=True))
 
 
 def unsafe_member_name(name: str) -> str | None:
@@ -288,19 +302,18 @@ def read_zips(root: Path, zip_names: list[str], catalogue: Catalogue, seen: dict
     yield from unmatched_rows(catalogue, zip_names, unreadable)
 
 
-def read_ham10000(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
-    max_bytes = int(options.get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES))
-    zip_names = list(options.get("zips") or DEFAULT_ZIPS)
+def read_ham10000(root: Path, options: Ham10000Options | dict) -> Iterator[Union[RawItem, Reject, Unit]]:
+    options = Ham10000Options.of(options)
+    max_bytes = options.max_member_bytes
     seen: dict[str, str] = {}  # image_id -> where its first copy was found, across all zips
 
-    catalogue, rejects = ham_catalogue(root, options.get("metadata", DEFAULT_METADATA))
+    catalogue, rejects = ham_catalogue(root, options.metadata)
     yield from rejects
-    yield from read_zips(root, zip_names, catalogue, seen, max_bytes)
+    yield from read_zips(root, list(options.zips), catalogue, seen, max_bytes)
 
-    test_zip = options.get("test_zip", DEFAULT_TEST_ZIP)
-    if not test_zip or ("test_zip" not in options and not (root / test_zip).exists()):
+    test_zip = DEFAULT_TEST_ZIP if options.test_zip is None else options.test_zip
+    if not test_zip or (options.test_zip is None and not (root / test_zip).exists()):
         return  # no official test set in this source
-    test, rejects = ground_truth_catalogue(root, options.get("test_ground_truth", DEFAULT_TEST_GROUND_TRUTH),
-                                          options.get("test_metadata"))
+    test, rejects = ground_truth_catalogue(root, options.test_ground_truth, options.test_metadata)
     yield from rejects
     yield from read_zips(root, [test_zip], test, seen, max_bytes)

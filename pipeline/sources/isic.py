@@ -12,6 +12,7 @@ Options:
   metadata:         the metadata CSV, relative to the source root (default `metadata.csv`)
   images:           folder holding the images, relative to the source root (default: the source root)
   localization_map: extra or overriding entries for the anatom_site_general -> localization mapping below
+  image_type:       dsc / macro / clinic for every image, overriding the archive's image_type (every kind takes it)
 
 Mapping to our fields (ISIC vocabulary as in the archive's HAM10000 collection, 11720 images; the maps are the
 reverse of the ISIC export's, in pipeline/vocabulary.py):
@@ -41,17 +42,26 @@ metadata file with a missing column, which is named.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 from ..vocabulary import DIAGNOSIS_FROM_ISIC, DX_TYPE_FROM_ISIC, IMAGE_TYPE_FROM_ISIC
 from ..vocabulary import SITE_FROM_ISIC as SITES  # the default of option localization_map
-from . import BadTable, RawItem, Reject, Unit, file_unit, read_table
+from . import BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, mapping, option, read_table, text
 
 REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "diagnosis",
                     "diagnosis_confirm_type", "image_type", "lesion_id", "sex")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SKIPPED_FILES = {"attribution.txt"}  # isic-cli's companions of the images (and the licenses/ folder)
+
+
+@dataclass(frozen=True)
+class IsicOptions(SourceOptions):
+    KIND = "isic"
+    metadata: str = option("metadata.csv", text())
+    images: str = option(".", text())
+    localization_map: dict = option(check=mapping(), factory=dict)
 
 
 def map_row(row: dict, sites: dict) -> dict:
@@ -98,11 +108,11 @@ def read_metadata(root: Path, name: str, sites: dict) -> tuple[dict[str, tuple[i
     return entries, rejects, ""
 
 
-def read_isic(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
-    metadata_name = options.get("metadata", "metadata.csv")
-    images_option = options.get("images", ".")
-    images_dir = root / images_option
-    sites = {**SITES, **{str(k).lower(): str(v) for k, v in (options.get("localization_map") or {}).items()}}
+def read_isic(root: Path, options: IsicOptions | dict) -> Iterator[Union[RawItem, Reject, Unit]]:
+    options = IsicOptions.of(options)
+    metadata_name = options.metadata
+    images_dir = root / options.images
+    sites = {**SITES, **{k.lower(): v for k, v in options.localization_map.items()}}
     entries, rejects, unusable = read_metadata(root, metadata_name, sites)
     yield from rejects
 

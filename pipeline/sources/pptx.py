@@ -34,6 +34,8 @@ Options:
   columns:           mapping our field names -> the sheet's column headers; the key column is `lesion_key`.
                      Fields not mapped are looked up under their own name and left alone where absent; extra
                      columns of the sheet are ignored.
+  image_type:        dsc / macro / clinic for every picture (every kind takes it; decks mix types, so usually
+                     left out and the filter decides)
 
 Workbook join: pathology and patient data (diagnosis, dx, dx_type, age, sex, localization, ...) are joined by
 lesion ID onto every picture of that lesion. The workbook is the pathology source of truth, so a non-empty
@@ -60,12 +62,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Union
 
 from ..common import stable_hash
-from . import ITEM_FIELDS, BadTable, RawItem, Reject, Unit, file_stamp, read_sheet
+from . import (ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_stamp, mapping, number, option,
+               read_sheet, regex, text)
 
 DEFAULT_PATTERN = "**/*.pptx"
 DEFAULT_LEGACY_PATTERN = "**/*.ppt"
@@ -78,6 +82,20 @@ CONVERT_HINT = "soffice --headless --convert-to pptx --outdir OUTDIR {name}"
 JOINED_FIELDS = tuple(name for name in ITEM_FIELDS if name != "lesion_key")
 NS_A = "http://schemas.openxmlformats.org/drawingml/2006/main"
 NS_R = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+
+
+@dataclass(frozen=True)
+class PptxOptions(SourceOptions):
+    KIND = "pptx"
+    pattern: str = option(DEFAULT_PATTERN, text(nullable=True, null=DEFAULT_PATTERN))
+    legacy_pattern: str | None = option(DEFAULT_LEGACY_PATTERN, text(nullable=True))  # None: no legacy decks
+    convert_timeout: float = option(float(DEFAULT_CONVERT_TIMEOUT), number(above=0))
+    id_pattern: re.Pattern = option(re.compile(DEFAULT_ID_PATTERN), regex(groups=1))
+    diagnosis_pattern: re.Pattern | None = option(re.compile(DEFAULT_DIAGNOSIS_PATTERN), regex(nullable=True))
+    workbook: str | None = option(None, text(nullable=True))
+    sheet: str | None = option(None, text(nullable=True))
+    header_row: int = option(1, number(minimum=1, integer=True))
+    columns: dict = option(check=mapping(ITEM_FIELDS), factory=dict)
 
 
 def _any_case(pattern: str) -> str:
@@ -124,12 +142,12 @@ def _cell_text(value) -> str:
 # ---------------------------------------------------------------------------------------------- workbook
 
 
-def _read_workbook(root: Path, options: dict) -> tuple[dict[str, dict], list[Reject]]:
+def _read_workbook(root: Path, options: PptxOptions) -> tuple[dict[str, dict], list[Reject]]:
     """Lesion ID -> joined fields, and the workbook's rejects. An unusable workbook gives ({}, [one reject])."""
-    name = str(options["workbook"])
-    sheet_name = options.get("sheet")
-    header_row = int(options.get("header_row") or 1)
-    columns = dict(options.get("columns") or {})
+    name = options.workbook
+    sheet_name = options.sheet
+    header_row = options.header_row
+    columns = options.columns
     path = root / name
     if not path.is_file():
         return {}, [Reject(name, "", f"workbook {name} not found in the source folder; nothing joined")]
@@ -261,11 +279,6 @@ def _picture_bytes(shape, slide_part) -> tuple[bytes | None, str]:
         return None, f"embedded image is missing from the deck ({type(error).__name__}: {error})"
 
 
-def _compile(options: dict, key: str, default: str | None) -> re.Pattern | None:
-    pattern = options.get(key, default)
-    return re.compile(pattern) if pattern else None
-
-
 def _read_deck(path: Path, origin: str, year: str, deck_problem: str, id_pattern: re.Pattern,
                diagnosis_pattern: re.Pattern | None, joined: dict[str, dict]) -> Iterator[Union[RawItem, Reject]]:
     """Every picture of one deck; `deck_problem` (e.g. no year in the name) rejects each picture with it."""
@@ -323,22 +336,19 @@ def _read_deck(path: Path, origin: str, year: str, deck_problem: str, id_pattern
             yield RawItem(data, origin, member, fields)
 
 
-def read_pptx(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
+def read_pptx(root: Path, options: PptxOptions | dict) -> Iterator[Union[RawItem, Reject, Unit]]:
     root = Path(root)
-    id_pattern = _compile(options, "id_pattern", DEFAULT_ID_PATTERN)
-    if id_pattern is None or id_pattern.groups < 1:
-        raise ValueError("pptx option id_pattern needs a regex with one group (the lesion ID)")
-    diagnosis_pattern = _compile(options, "diagnosis_pattern", DEFAULT_DIAGNOSIS_PATTERN)
-    timeout = float(options.get("convert_timeout") or DEFAULT_CONVERT_TIMEOUT)
+    options = PptxOptions.of(options)
+    id_pattern, diagnosis_pattern = options.id_pattern, options.diagnosis_pattern
+    timeout = options.convert_timeout
 
     joined: dict[str, dict] = {}
-    if options.get("workbook"):
+    if options.workbook:
         joined, workbook_rejects = _read_workbook(root, options)
         yield from workbook_rejects
     joined_digest = stable_hash(joined)  # a workbook change re-reads every deck: any lesion may have changed
 
-    decks = _find_decks(root, options.get("pattern") or DEFAULT_PATTERN,
-                        options.get("legacy_pattern", DEFAULT_LEGACY_PATTERN))
+    decks = _find_decks(root, options.pattern, options.legacy_pattern)
     for path, legacy in decks:
         origin = path.relative_to(root).as_posix()
         if path.name.startswith("~$"):

@@ -26,6 +26,7 @@ Options:
                 not touching other digits.
   min_visits:   distinct visit dates needed for follow-up ground truth (default 2)
   min_months:   full months needed between the first and last visit (default 18, the study's ~1.5 years)
+  image_type:   dsc / macro / clinic for every image (every kind takes it)
 
 Rejected (never silently dropped): files at the wrong depth, hidden files, files whose extension is not an image
 type, file names without a date or with an impossible date (2019-13-45), symlinks leading outside the source,
@@ -41,12 +42,11 @@ from __future__ import annotations
 import datetime
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
-from ..common import PipelineError
-from . import BadTable, RawItem, Reject, Unit, file_unit, read_table
+from . import BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, mapping, number, option, read_table, regex, text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db"}
@@ -55,38 +55,26 @@ DEFAULT_DATE_PATTERN = r"(?<!\d)(?P<year>\d{4})(?P<sep>-?)(?P<month>\d{2})(?P=se
 REQUIRED_COLUMNS = ("patient", "lesion", "diagnosis", "dx_type")  # needed to trust the follow-up rule
 DETAIL_COLUMNS = ("age", "sex", "localization")
 OPTIONAL_COLUMNS = ("dx",)
+COLUMN_KEYS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *DETAIL_COLUMNS)  # what `columns` may map
 
 
-@dataclass
-class SeriesOptions:
-    lesions: str = "lesions.csv"
-    lesions_named: bool = False
-    columns: dict = field(default_factory=dict)
-    date_pattern: re.Pattern = None
-    min_visits: int = 2
-    min_months: float = 18
+@dataclass(frozen=True)
+class SeriesOptions(SourceOptions):
+    KIND = "series"
+    lesions: str | None = option(None, text(nullable=True))  # None: lesions.csv, used if present
+    columns: dict = option(check=mapping(COLUMN_KEYS), factory=dict)
+    date_pattern: re.Pattern = option(re.compile(DEFAULT_DATE_PATTERN),
+                                      regex(groups=3, named=("year", "month", "day"), default=DEFAULT_DATE_PATTERN))
+    min_visits: int = option(2, number(minimum=1, integer=True))
+    min_months: float = option(18.0, number(minimum=0))
 
-    @classmethod
-    def from_dict(cls, options: dict) -> "SeriesOptions":
-        pattern_text = options.get("date_pattern") or DEFAULT_DATE_PATTERN
-        try:
-            pattern = re.compile(pattern_text)
-        except re.error as error:
-            raise PipelineError(f"series option date_pattern {pattern_text!r} is not a regular expression "
-                                f"({error})") from None
-        named = {"year", "month", "day"} <= set(pattern.groupindex)
-        if not named and pattern.groups < 3:
-            raise PipelineError(f"series option date_pattern {pattern_text!r} needs groups year, month, day")
-        try:
-            min_visits = int(options.get("min_visits", 2))
-            min_months = float(options.get("min_months", 18))
-        except (TypeError, ValueError):
-            raise PipelineError("series options min_visits and min_months must be numbers") from None
-        if min_visits < 1 or min_months < 0:
-            raise PipelineError("series options: min_visits must be >= 1 and min_months >= 0")
-        return cls(lesions=str(options.get("lesions") or "lesions.csv"), lesions_named="lesions" in options,
-                   columns=dict(options.get("columns") or {}), date_pattern=pattern, min_visits=min_visits,
-                   min_months=min_months)
+    @property
+    def lesions_file(self) -> str:
+        return self.lesions or "lesions.csv"
+
+    @property
+    def lesions_named(self) -> bool:
+        return self.lesions is not None
 
 
 @dataclass
@@ -144,7 +132,7 @@ def follow_up(dates: set[datetime.date], options: SeriesOptions) -> tuple[bool, 
 def read_lesions(root: Path, options: SeriesOptions) -> tuple[dict, bool, list[Reject]]:
     """lesions.csv as {(patient, lesion): (row number, LesionInfo)}, whether it can be trusted for the
     follow-up rule, and the Rejects it produced."""
-    name = options.lesions
+    name = options.lesions_file
     path = root / name
     if not path.is_file():
         if options.lesions_named:
@@ -198,7 +186,7 @@ def scan_images(root: Path, options: SeriesOptions) -> tuple[dict[tuple[str, str
         if path.is_dir() or path.name in IGNORED_NAMES:
             continue
         parts = relative.parts
-        if len(parts) == 1 and (origin == options.lesions or path.suffix.lower() in TOP_LEVEL_SKIP):
+        if len(parts) == 1 and (origin == options.lesions_file or path.suffix.lower() in TOP_LEVEL_SKIP):
             continue  # lesions.csv and documentation at the top
         if any(part.startswith(".") for part in parts):
             rejects.append(Reject(origin, "", f"{origin}: hidden file or folder"))
@@ -233,11 +221,11 @@ def lesion_fields(key: tuple[str, str], dates: set[datetime.date], described: Le
               "dx_type": info.dx_type, "age": info.age, "sex": info.sex, "localization": info.localization}
     qualifies, note = follow_up(dates, options)
     if info.diagnosis or info.dx:
-        fields["follow_up_note"] = f"diagnosis from {options.lesions} ({info.dx_type or 'no dx_type'}); {note}"
+        fields["follow_up_note"] = f"diagnosis from {options.lesions_file} ({info.dx_type or 'no dx_type'}); {note}"
     elif info.dx_type and info.dx_type != "follow_up":
-        fields["follow_up_note"] = f"{options.lesions} gives dx_type {info.dx_type} but no diagnosis; {note}"
+        fields["follow_up_note"] = f"{options.lesions_file} gives dx_type {info.dx_type} but no diagnosis; {note}"
     elif not trusted:
-        fields["follow_up_note"] = f"{options.lesions} unusable, follow-up ground truth not assigned; {note}"
+        fields["follow_up_note"] = f"{options.lesions_file} unusable, follow-up ground truth not assigned; {note}"
     elif qualifies:
         fields.update(dx="nv", dx_type="follow_up", follow_up_note=note)
     else:
@@ -245,8 +233,8 @@ def lesion_fields(key: tuple[str, str], dates: set[datetime.date], described: Le
     return fields
 
 
-def read_series(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
-    settings = SeriesOptions.from_dict(options)
+def read_series(root: Path, options: SeriesOptions | dict) -> Iterator[Union[RawItem, Reject, Unit]]:
+    settings = SeriesOptions.of(options)
     described, trusted, csv_rejects = read_lesions(root, settings)
     yield from csv_rejects
     lesions, file_rejects = scan_images(root, settings)
@@ -254,8 +242,8 @@ def read_series(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Un
 
     for key, (number, _) in sorted(described.items(), key=lambda item: item[1][0]):
         if key not in lesions:
-            yield Reject(settings.lesions, f"row {number}",
-                         f"{settings.lesions} row {number}: no images for lesion {key[0]}/{key[1]}")
+            yield Reject(settings.lesions_file, f"row {number}",
+                         f"{settings.lesions_file} row {number}: no images for lesion {key[0]}/{key[1]}")
 
     for key in sorted(lesions):
         images = sorted(lesions[key], key=lambda image: (image.date, image.origin))

@@ -34,6 +34,7 @@ Options:
   min_area:       smallest acceptable crop, fraction of the scan area (default 0.2)
   max_pixels:     scans over this many pixels are Rejected from their header, before decoding (default 1e8)
   analysis_size:  longest side of the downscaled detection copy (default 1024)
+  image_type:     dsc / macro / clinic for every image (every kind takes it)
 
 Rejected: files not in the index, index rows whose file is missing or whose name leads outside the source,
 duplicate index rows, scans over max_pixels, unreadable or truncated scans, failed border detection.
@@ -48,50 +49,36 @@ import io
 import warnings
 from contextlib import contextmanager
 from functools import partial
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..common import PipelineError
-from . import ITEM_FIELDS, BadTable, RawItem, Reject, Unit, file_stamp, read_table
+from . import (ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_stamp, mapping, number, option,
+               read_table, text)
 from .export import INDEX_SKIP, _safe_relative
 
 IGNORED_NAMES = {".DS_Store", "Thumbs.db"}
 PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
 
 
-@dataclass
-class SlideOptions:
-    index: str = "index.csv"
-    columns: dict = field(default_factory=dict)
-    dark_threshold: float = 40
-    dark_fraction: float = 0.5
-    margin: float = 0.01
-    min_area: float = 0.2
-    max_pixels: int = 100_000_000
-    analysis_size: int = 1024
+@dataclass(frozen=True)
+class SlideOptions(SourceOptions):
+    KIND = "slides"
+    index: str = option("index.csv", text())
+    columns: dict = option(check=mapping(("file", *ITEM_FIELDS)), factory=dict)
+    dark_threshold: float = option(40.0, number(minimum=0, maximum=255))
+    dark_fraction: float = option(0.5, number(above=0, maximum=1))
+    margin: float = option(0.01, number(minimum=0, below=0.25))
+    min_area: float = option(0.2, number(minimum=0, maximum=1))
+    max_pixels: int = option(100_000_000, number(above=0, integer=True))
+    analysis_size: int = option(1024, number(minimum=64, integer=True))
 
-    @classmethod
-    def from_dict(cls, options: dict) -> "SlideOptions":
-        try:
-            settings = cls(index=str(options.get("index") or "index.csv"),
-                           columns=dict(options.get("columns") or {}),
-                           dark_threshold=float(options.get("dark_threshold", 40)),
-                           dark_fraction=float(options.get("dark_fraction", 0.5)),
-                           margin=float(options.get("margin", 0.01)),
-                           min_area=float(options.get("min_area", 0.2)),
-                           max_pixels=int(options.get("max_pixels", 100_000_000)),
-                           analysis_size=int(options.get("analysis_size", 1024)))
-        except (TypeError, ValueError) as error:
-            raise PipelineError(f"slides options: {error}") from None
-        if not (0 < settings.dark_fraction <= 1 and 0 <= settings.margin < 0.25 and 0 <= settings.min_area <= 1
-                and settings.max_pixels > 0 and settings.analysis_size >= 64):
-            raise PipelineError("slides options out of range: need 0 < dark_fraction <= 1, 0 <= margin < 0.25, "
-                                "0 <= min_area <= 1, max_pixels > 0, analysis_size >= 64")
-        return settings
+    def stamp(self) -> dict:
+        """The options that shape a crop (image_type does not: it only labels the candidates)."""
+        return {key: value for key, value in asdict(self).items() if key != "image_type"}
 
 
 class DetectionFailed(Exception):
@@ -242,8 +229,8 @@ def crop_scan(data: bytes, origin: str, options: SlideOptions) -> tuple[bytes, s
     return buffer.getvalue(), f"crop {text}", {**fields, "crop_box": text}
 
 
-def read_slides(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Unit]]:
-    settings = SlideOptions.from_dict(options)
+def read_slides(root: Path, options: SlideOptions | dict) -> Iterator[Union[RawItem, Reject, Unit]]:
+    settings = SlideOptions.of(options)
     index_name = settings.index
     file_column = settings.columns.get("file", "file")
     rows: list[tuple[int, dict]] = []
@@ -278,7 +265,7 @@ def read_slides(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, Un
             yield Reject(origin, member, f"{index_name} {member}: scan file {relative} not found")
             continue
         fields = {name: (row.get(settings.columns.get(name, name)) or "").strip() for name in ITEM_FIELDS}
-        yield Unit(origin, file_stamp(path, member, fields, asdict(settings)),
+        yield Unit(origin, file_stamp(path, member, fields, settings.stamp()),
                    partial(_read_scan, path, origin, member, {**fields, "index_row": str(number)}, settings))
 
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

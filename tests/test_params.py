@@ -1,0 +1,267 @@
+"""params.yaml: each source kind's typed options and their schema, a source's `dataset`, the repository's raw
+source folders, and every stage checking its own params section first with the message `ham validate` gives."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline import sources
+from pipeline.cli import main
+from pipeline.params import validate_params
+from pipeline.schema_messages import Problem, load_schema
+from pipeline.sources import OptionError
+
+
+def params_text(repo_root: Path) -> str:
+    return (repo_root / "params.yaml").read_text()
+
+
+def line_of(text: str, fragment: str) -> int:
+    """1-based line of the first occurrence of `fragment` in `text`."""
+    assert text.count(fragment) == 1, fragment
+    return text[:text.index(fragment)].count("\n") + 1
+
+
+# ------------------------------------------------------------------------------------------------- schema vs readers
+
+def test_schema_kinds_and_options_equal_the_readers_registry():
+    source = load_schema("params")["$defs"]["source"]
+    assert set(source["properties"]["kind"]["enum"]) == set(sources.KINDS)
+    branches = {branch["if"]["properties"]["kind"]["const"]: branch["then"]["properties"]["options"]["$ref"]
+                for branch in source["allOf"]}
+    assert set(branches) == set(sources.KINDS)
+    definitions = load_schema("params")["$defs"]
+    for kind, reference in branches.items():
+        schema_keys = set(definitions[reference.rsplit("/", 1)[1]]["properties"])
+        assert schema_keys == {f.name for f in fields(sources.options_for(kind))}, kind
+        assert definitions[reference.rsplit("/", 1)[1]]["additionalProperties"] is False
+
+
+def test_options_defaults_are_the_documented_ones():
+    from pipeline.sources.pptx import DEFAULT_DIAGNOSIS_PATTERN, DEFAULT_ID_PATTERN
+
+    pptx = sources.options_for("pptx").from_options("decks", None)
+    assert (pptx.id_pattern.pattern, pptx.diagnosis_pattern.pattern) == (DEFAULT_ID_PATTERN, DEFAULT_DIAGNOSIS_PATTERN)
+    assert (pptx.pattern, pptx.legacy_pattern, pptx.header_row, pptx.convert_timeout) == ("**/*.pptx", "**/*.ppt", 1,
+                                                                                          300.0)
+    assert sources.options_for("pptx").from_options("decks", {"diagnosis_pattern": None}).diagnosis_pattern is None
+    export = sources.options_for("export").from_options("db", {"columns": {"file": "name"}, "image_type": "dsc"})
+    assert (export.index, export.sheet, export.columns, export.images, export.image_type) == (
+        "index.csv", None, {"file": "name"}, ".", "dsc")
+    series = sources.options_for("series").from_options("mm", {"min_months": 12})
+    assert (series.lesions_file, series.lesions_named, series.min_visits, series.min_months) == (
+        "lesions.csv", False, 2, 12.0)
+    ham = sources.options_for("ham10000").from_options("public", {"test_zip": None})
+    assert (ham.zips, ham.test_zip, ham.max_member_bytes) == (
+        ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip"), "", 256 * 1024 * 1024)
+    with pytest.raises(Exception):  # frozen: a reader cannot change its options
+        export.index = "other.csv"
+
+
+@pytest.mark.parametrize("kind, options, key, message", [
+    ("export", {"colums": {"file": "name"}}, "colums",
+     "unknown option of export sources (did you mean 'columns'?); known: image_type, index, sheet, columns, images"),
+    ("export", {"columns": ["file", "lesion"]}, "columns", "expected a mapping, got a list"),
+    ("export", {"columns": {"lesionkey": "lesion"}}, "columns",
+     "unknown key 'lesionkey' (did you mean 'lesion_key'?); expected some of: file, lesion_key, image_id, diagnosis, "
+     "dx, dx_type, age, sex, localization, visit_date, image_type_hint, split_hint"),
+    ("export", {"columns": {"file": 3}}, "columns", "file: expected text, got an integer"),
+    ("export", {"image_type": "dermoscopic"}, "image_type", "expected one of: dsc, macro, clinic"),
+    ("folder", {"index": ""}, "index", "must not be empty"),
+    ("pptx", {"id_pattern": r"(\d+"}, "id_pattern",
+     r"'(\d+' is not a valid regular expression (missing ), unterminated subpattern at position 0)"),
+    ("pptx", {"id_pattern": r"\d{5,}"}, "id_pattern", r"'\d{5,}' needs 1 group (...)"),
+    ("pptx", {"id_pattern": None}, "id_pattern", "expected a regular expression (text), got nothing"),
+    ("pptx", {"header_row": 0}, "header_row", "must be at least 1"),
+    ("series", {"date_pattern": r"(\d{4})"}, "date_pattern",
+     r"'(\d{4})' needs named groups year, month, day (or 3 groups in that order)"),
+    ("series", {"min_visits": "two"}, "min_visits", "expected an integer, got text"),
+    ("series", {"min_visits": 2.5}, "min_visits", "expected an integer, got a number"),
+    ("slides", {"dark_fraction": 2}, "dark_fraction", "must be at most 1"),
+    ("slides", {"margin": True}, "margin", "expected a number, got true or false"),
+    ("ham10000", {"zips": "HAM10000_images_part_1.zip"}, "zips", "expected a list, got text"),
+    ("isic", {"localization_map": {"head/neck": 3}}, "localization_map", "head/neck: expected text, got an integer"),
+])
+def test_typed_options_reject_unknown_keys_and_bad_values(kind, options, key, message):
+    with pytest.raises(OptionError) as caught:
+        sources.options_for(kind).from_options("batch2", options)
+    assert (caught.value.key, caught.value.message) == (key, message)
+    assert str(caught.value) == f"source batch2: option {key}: {message}"
+
+
+def test_options_that_are_not_a_mapping():
+    with pytest.raises(OptionError, match=r"^source batch2: option options: expected a mapping of option names to "
+                                          r"values, got a list$"):
+        sources.options_for("export").from_options("batch2", ["index.csv"])
+
+
+# ------------------------------------------------------------------------------------------------- ham validate
+
+NEW_SOURCES = """\
+    - name: rosendahl_decks
+      kind: pptx
+      path: data/raw/decks
+      options: {id_pattern: "(\\\\d+"}
+    - name: batch2
+      kind: export
+      path: data/raw/batch2
+      dataset: vidir_modern
+      options:
+        colums: {file: name}
+    - name: archive
+      kind: isic
+      path: data/raw/archive
+      options: {localization_map: [back]}
+"""
+
+
+def test_validate_names_bad_source_options_and_missing_dataset_with_their_lines(tmp_path, repo_root):
+    text = params_text(repo_root)
+    marker = "  # Images over this many pixels"
+    text = text.replace(marker, NEW_SOURCES + marker, 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    first = line_of(text, "    - name: rosendahl_decks")
+    result = CliRunner().invoke(main, ["validate", "--format", "json", str(path)])
+    assert result.exit_code == 1
+    assert [Problem(**p) for p in json.loads(result.output)] == [
+        Problem(str(path), first, "ingest.sources[4].dataset", "rosendahl_decks",
+                "source rosendahl_decks needs `dataset:` (one of rosendahl, vidir_modern, vidir_molemax, vienna_dias, "
+                "unknown), the dataset value its images get in the release, because its name is not one of them"),
+        Problem(str(path), first + 3, "ingest.sources[4].options.id_pattern", r"(\d+",
+                r"source rosendahl_decks: '(\d+' is not a valid regular expression (missing ), unterminated "
+                r"subpattern at position 0)"),
+        Problem(str(path), first + 9, "ingest.sources[5].options.colums", "colums",
+                "unexpected key 'colums' (did you mean 'columns'?)"),
+        Problem(str(path), first + 13, "ingest.sources[6].options.localization_map", '["back"]',
+                "expected a mapping or nothing, got a list"),
+    ]
+
+
+def test_metadata_datasets_is_gone(tmp_path, repo_root):
+    text = params_text(repo_root)
+    marker = "  official_lesion_ids_from: []"
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(marker, "  datasets: {queensland: rosendahl}\n" + marker, 1))
+    assert validate_params(path) == [Problem(str(path), line_of(text, marker), "metadata.datasets", "datasets",
+                                             "no longer read: declare `dataset:` on each source under ingest.sources")]
+
+
+# ------------------------------------------------------------------------------------------------- raw source folders
+
+def one_source_repository(tmp_path: Path, repo_root: Path) -> tuple[Path, str]:
+    """A repository root (dvc.yaml beside params.yaml) whose only raw source is data/raw/queensland."""
+    shutil.copyfile(repo_root / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load(params_text(repo_root))
+    params["ingest"]["sources"] = [{"name": "queensland", "kind": "pptx", "path": "data/raw/queensland",
+                                    "dataset": "rosendahl"}]
+    text = yaml.safe_dump(params, sort_keys=False)
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path / "params.yaml", text
+
+
+def ingest_in(folder: Path, params: Path):
+    return CliRunner().invoke(main, ["ingest", "--params", str(params), "--out", str(folder / "out")])
+
+
+def test_a_missing_source_folder_is_named_before_the_dependency_advice(tmp_path, repo_root):
+    params, text = one_source_repository(tmp_path, repo_root)
+    line, f = line_of(text, "path: data/raw/queensland"), str(params)
+    missing = Problem(f, line, "ingest.sources[0].path", "data/raw/queensland",
+                      "source queensland: folder data/raw/queensland does not exist")
+    not_a_dependency = Problem(f, line, "ingest.sources[0].path", "data/raw/queensland",
+                               "not a dependency of stage ingest in dvc.yaml, so `dvc repro` would not see it change: "
+                               "add `- data/raw/queensland` under stages.ingest.deps")
+    assert validate_params(params) == [missing, not_a_dependency]
+    result = ingest_in(tmp_path, params)
+    assert (result.exit_code, result.output) == (
+        1, f"Error: {missing.line()} (and 1 more; see `ham validate {params}`)\n")
+
+    (tmp_path / "data/raw/queensland").mkdir(parents=True)
+    assert validate_params(params) == [not_a_dependency]
+    result = ingest_in(tmp_path, params)
+    assert (result.exit_code, result.output) == (1, f"Error: {not_a_dependency.line()}\n")
+    assert not (tmp_path / "out").exists()  # refused before reading anything
+
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    stages["stages"]["ingest"]["deps"].insert(0, "data/raw/queensland")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    assert validate_params(params) == []
+    result = ingest_in(tmp_path, params)
+    assert result.exit_code == 0 and "ingest: 0 candidates" in result.output
+    assert "raw source data/raw/queensland is not tracked by a .dvc file" in result.output
+
+
+def test_a_tracked_folder_not_pulled_yet_stops_only_the_stage(tmp_path, repo_root):
+    """A fresh clone before `dvc pull`: the params are valid (CI validates them without data), ingest says how to
+    fetch the folder."""
+    params, text = one_source_repository(tmp_path, repo_root)
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    stages["stages"]["ingest"]["deps"].insert(0, "data/raw/queensland")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/queensland.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n"
+                                                      "  path: queensland\n")
+    assert validate_params(params) == []
+    result = ingest_in(tmp_path, params)
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {params}:{line_of(text, 'path: data/raw/queensland')}: ingest.sources[0].path: "
+                             "source queensland: folder data/raw/queensland does not exist in this checkout; it is "
+                             "tracked by data/raw/queensland.dvc: run `dvc pull data/raw/queensland.dvc` (or "
+                             "`dvc checkout data/raw/queensland.dvc`)\n")
+
+
+# ------------------------------------------------------------------------------------------------- stages
+
+@pytest.mark.parametrize("command, old, new, field, message", [
+    ("ingest", "  max_pixels: 100000000", '  max_pixels: "lots"', "ingest.max_pixels", "expected an integer, got text"),
+    ("train-filter", "  epochs: 25", '  epochs: "ten"', "filter.epochs", "expected an integer, got text"),
+    ("filter", "  min_confidence: 0.5", "  min_confidence: 5", "filter.min_confidence", "must be at most 1"),
+    ("standardise", "  quality: 100", "  quality: 101", "standardise.quality", "must be at most 100"),
+    ("metadata", "  age_cap: 85", "  age_cap: -5", "metadata.age_cap", "must be at least 0"),
+    ("split", "  test_fraction: 0.2", "  test_fraction: a fifth", "split.test_fraction", "expected a number, got text"),
+    ("release", "  isic_license: CC-BY-NC", "  isic_license: [CC-BY-NC]", "release.isic_license",
+     "expected text, got a list"),
+])
+def test_every_stage_checks_its_own_section_first(tmp_path, repo_root, command, old, new, field, message):
+    text = params_text(repo_root)
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    line = line_of(text, old)
+    outputs = {"--out": str(tmp_path / "out")} if command not in ("train-filter", "split") else {}
+    result = CliRunner().invoke(main, [command, "--params", str(path), *sum(outputs.items(), ())])
+    expected = f"{path}:{line}: {field}: {message}"
+    assert (result.exit_code, result.output) == (1, f"Error: {expected}\n")
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    # the same line `ham validate` reports
+    assert [p.line() for p in validate_params(path)] == [expected]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_is_not_stopped_by_another_stage_s_section(tmp_path, repo_root):
+    path = tmp_path / "params.yaml"
+    path.write_text(params_text(repo_root).replace("  epochs: 25", '  epochs: "ten"', 1))
+    result = CliRunner().invoke(main, ["split", "--params", str(path), "--metadata", str(tmp_path / "none.csv"),
+                                       "--images", str(tmp_path / "none.csv"),
+                                       "--registry", str(tmp_path / "splits.csv")])
+    assert result.exit_code == 1 and "filter.epochs" not in result.output
+    assert re.fullmatch(r"Error: .*none\.csv: file not found\n", result.output), result.output
+
+
+def test_cli_imports_no_stage_module():
+    """Every module `pipeline/cli.py` imports at the top is a code dependency of every stage."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli; print(' '.join(sorted(m for m in "
+                             "sys.modules if m.startswith('pipeline'))))"], capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == ["pipeline", "pipeline.cli", "pipeline.common"]
+    result = CliRunner().invoke(main, ["unify", "--help"])  # the lazily registered command still works
+    assert result.exit_code == 0 and "CSVFILE" in result.output
