@@ -101,16 +101,16 @@ def _registry_modules(tree: ast.Module, name: str, root: Path) -> set[str]:
     found = set()
     for node in tree.body:
         value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
-        if not isinstance(value, ast.Dict):
+        if not (isinstance(value, ast.Dict) and value.values and all(
+                isinstance(entry, ast.Tuple) and entry.elts and isinstance(entry.elts[0], ast.Constant)
+                and isinstance(entry.elts[0].value, str) for entry in value.values)):
             continue
         for entry in value.values:
-            if (isinstance(entry, ast.Tuple) and entry.elts and isinstance(entry.elts[0], ast.Constant)
-                    and isinstance(entry.elts[0].value, str)):
-                submodule = f"{name}.{entry.elts[0].value}"
-                if module_file(submodule, root) is None:
-                    raise CodeDepsError(f"{module_file(name, root)}:{entry.lineno}: registry names module "
-                                        f"'{entry.elts[0].value}', which {name} does not have")
-                found.add(submodule)
+            submodule = f"{name}.{entry.elts[0].value}"
+            if module_file(submodule, root) is None:
+                raise CodeDepsError(f"{module_file(name, root)}:{entry.lineno}: registry names module "
+                                    f"'{entry.elts[0].value}', which {name} does not have")
+            found.add(submodule)
     return found
 
 
@@ -324,3 +324,20 @@ def stage_dep_problems(dvc_yaml: Path, root: Path | None = None) -> list[str]:
             elif unused:
                 problems.append(f"stage {stage}: dep {dep} covers {', '.join(unused)}, not code `{command}` runs")
     return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.codedeps [dvc.yaml]`: print each stage dependency problem; exit 1 if there is one."""
+    import sys
+
+    path = Path((argv if argv is not None else sys.argv[1:] or ["dvc.yaml"])[0])
+    if not path.is_file():
+        print(f"{path}: file not found", file=sys.stderr)
+        return 1
+    problems = stage_dep_problems(path)
+    print("\n".join(problems) if problems else f"{path}: every stage's deps cover exactly the code it runs")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

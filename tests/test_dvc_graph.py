@@ -66,6 +66,13 @@ def test_an_unneeded_entry_is_reported(tmp_path):
     assert "pipeline/sample.py" in problems[0] and "pipeline/split.py" not in problems[0]
 
 
+def test_the_module_command_prints_the_problems(tmp_path, capsys):
+    assert codedeps.main([str(DVC_YAML)]) == 0
+    assert codedeps.main([str(edited_dvc_yaml(tmp_path, "metadata", remove="pipeline/registry.py"))]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "stage metadata: pipeline/registry.py runs in `ham metadata` but no dep covers it")
+
+
 def test_a_stage_whose_command_is_unknown_is_reported(tmp_path):
     spec = yaml.safe_load(DVC_YAML.read_text())
     spec["stages"]["split"]["cmd"] = "ham splat --params params.yaml"
@@ -183,6 +190,13 @@ def test_an_import_the_analysis_cannot_follow_is_an_error(tmp_path):
             return importlib.import_module(name)
     """})
     with pytest.raises(CodeDepsError, match=r"reg/__init__.py:5: imports a module by a name computed at run time"):
+        closure(["pkg.reg"], root)
+
+
+def test_a_registry_naming_a_missing_module_is_an_error(tmp_path):
+    registry = SMALL["pkg/reg/__init__.py"].replace('("r2", "read")', '("r9", "read")')
+    root = write_package(tmp_path, {**SMALL, "pkg/reg/__init__.py": registry})
+    with pytest.raises(CodeDepsError, match=r"registry names module 'r9', which pkg.reg does not have"):
         closure(["pkg.reg"], root)
 
 
