@@ -213,10 +213,12 @@ def _click_name(function: str) -> str:
 
 
 def _command_name(decorator: ast.AST, function: str) -> str | None:
-    """The command name when `decorator` is `@<group>.command(...)`, else None."""
+    """The command name when `decorator` makes a command (`@<group>.command(...)`, or a factory of the module
+    whose name ends in `command`, e.g. `@stage_command("ingest")`), else None."""
     call = decorator if isinstance(decorator, ast.Call) else None
     func = call.func if call else decorator
-    if not (isinstance(func, ast.Attribute) and func.attr == "command"):
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if not called.endswith("command"):
         return None
     if call and call.args and isinstance(call.args[0], ast.Constant):
         return call.args[0].value
@@ -231,6 +233,7 @@ def commands(root: Path | None = None) -> dict[str, ast.FunctionDef | None]:
     is among cli.py's module-level imports)."""
     root = _root(root)
     tree = _parse(f"{root.name}.{CLI_MODULE}", root)
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     found: dict[str, ast.FunctionDef | None] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
@@ -244,13 +247,27 @@ def commands(root: Path | None = None) -> dict[str, ast.FunctionDef | None]:
             name = (call.args[1].value if len(call.args) > 1 and isinstance(call.args[1], ast.Constant)
                     else _click_name(call.args[0].id) if call.args and isinstance(call.args[0], ast.Name) else None)
             if name:
-                found[name] = None
+                local = call.args[0].id if call.args and isinstance(call.args[0], ast.Name) else None
+                found[name] = functions.get(local)
     return found
 
 
+def _called_names(nodes) -> set[str]:
+    """Names called in `nodes` (`f(...)`), and bare decorators (`@f`), which are called too."""
+    names = set()
+    for top in nodes:
+        if isinstance(top, ast.Name):
+            names.add(top.id)
+        for node in ast.walk(top):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                names.add(node.func.id)
+    return names
+
+
 def command_modules(command: str, root: Path | None = None) -> set[str]:
-    """The modules `ham <command>` runs: cli.py's module-level imports, the imports inside the command's function
-    and inside the module-level functions of cli.py it names (helpers, decorators), and their closure."""
+    """The modules `ham <command>` runs: cli.py's module-level imports (with those of its functions called at
+    import time, e.g. a decorator factory), the imports inside the command's function and inside the functions of
+    cli.py it names (helpers, decorators), and their closure."""
     root = _root(root)
     cli = f"{root.name}.{CLI_MODULE}"
     tree = _parse(cli, root)
@@ -260,18 +277,26 @@ def command_modules(command: str, root: Path | None = None) -> set[str]:
                             f"(known: {', '.join(sorted(known))})")
     functions = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     module_level = [node for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    # A module-level function's decorators run at import time.
+    # A module-level function's decorators run at import time, and so do the module's functions they call.
     module_level += [decorator for node in functions.values() for decorator in node.decorator_list]
     imported = _imports_in(module_level, tree, cli, root)
-    todo, seen = [known[command]] if known[command] else [], set()
-    while todo:
-        function = todo.pop()
-        if function.name in seen:
-            continue
-        seen.add(function.name)
-        imported |= _imports_in([function], tree, cli, root)
-        todo.extend(functions[node.id] for node in ast.walk(function)
-                    if isinstance(node, ast.Name) and node.id in functions)
+    at_import = [functions[name] for name in _called_names(module_level) if name in functions]
+
+    def follow(todo: list, seen: set) -> set[str]:
+        """Imports inside the given functions and inside the module's functions they name, transitively."""
+        found = set()
+        while todo:
+            function = todo.pop()
+            if function.name in seen:
+                continue
+            seen.add(function.name)
+            found |= _imports_in([function], tree, cli, root)
+            todo.extend(functions[node.id] for node in ast.walk(function)
+                        if isinstance(node, ast.Name) and node.id in functions)
+        return found
+
+    imported |= follow(at_import, set())
+    imported |= follow([known[command]] if known[command] else [], set())
     # cli.py itself is not followed as a whole: its other commands' lazy imports are not this command's.
     return closure(imported, root) | _with_parents(cli)
 

@@ -162,6 +162,20 @@ SMALL = {
         @main.command("second")
         def other():
             from . import reg
+
+        def stage_command(name):
+            from .sub import c  # the factory runs at import time, for every command
+            return main.command(name)
+
+        @stage_command("third")
+        def third():
+            pass
+
+        @click.command()
+        def fourth():
+            from .reg import r2
+
+        main.add_command(fourth, "last")
     """,
 }
 
@@ -176,10 +190,13 @@ def test_closure_follows_relative_absolute_lazy_and_package_imports(tmp_path):
 
 def test_each_command_gets_cli_module_imports_and_only_its_own_lazy_imports(tmp_path):
     root = write_package(tmp_path, SMALL)
-    assert set(commands(root)) == {"first", "second"}  # click drops the _cmd suffix
-    assert command_modules("first", root) == {"pkg", "pkg.cli", "pkg.d", "pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c",
-                                              "pkg.unused"}  # unused: through the helper the command calls
-    assert command_modules("second", root) == {"pkg", "pkg.cli", "pkg.d", "pkg.reg", "pkg.reg.r1", "pkg.reg.r2"}
+    # click drops the _cmd suffix; `fourth` is registered as `last`; `fourth` itself is not a command of `main`
+    assert set(commands(root)) == {"first", "second", "third", "fourth", "last"}
+    every = {"pkg", "pkg.cli", "pkg.d", "pkg.sub", "pkg.sub.c"}  # cli.py and what runs when it is imported
+    assert command_modules("first", root) == every | {"pkg.a", "pkg.b", "pkg.unused"}  # unused: via shared()
+    assert command_modules("second", root) == every | {"pkg.reg", "pkg.reg.r1", "pkg.reg.r2"}
+    assert command_modules("third", root) == every
+    assert command_modules("last", root) == every | {"pkg.reg", "pkg.reg.r1", "pkg.reg.r2"}
 
 
 def test_an_import_the_analysis_cannot_follow_is_an_error(tmp_path):
