@@ -196,7 +196,8 @@ def code_version(*modules: ModuleType | str, root: Path | None = None) -> str:
     """Hash of the files in the modules' closure (sorted, path and bytes): the code part of per-image cache keys."""
     root = _root(root)
     digest = hashlib.sha256()
-    for path in closure_files(modules, root):
+    this = f"{root.name}/{Path(__file__).name}"  # computes the key, shapes no cached bytes
+    for path in (path for path in closure_files(modules, root) if path != this):
         data = (root.parent / path).read_bytes()
         digest.update(f"{path}\0{len(data)}\0".encode())
         digest.update(data)
