@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test bench validate clean-demo
+.PHONY: demo repro test bench validate clean-demo
 
 # torch: on a machine without an NVIDIA GPU, install the CPU build (2.13.0 lies on this kind of machine's disk)
 # before the project, whose range it satisfies; with a GPU, pip resolves the CUDA build from the range.
@@ -21,8 +21,12 @@ SAMPLE_RAW := $(addprefix data/raw/sample/,rosendahl vidir_modern vidir_molemax 
 demo: $(VENV)/.installed
 	ham sample data/raw/sample
 	dvc add --quiet $(SAMPLE_RAW)
-	dvc repro
+	$(MAKE) --no-print-directory repro
 	ham summary metrics/release.json
+
+# Stage commands call `ham`, found through the PATH exported above; by hand, `. .venv/bin/activate` first.
+repro: $(VENV)/.installed
+	dvc repro
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

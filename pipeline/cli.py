@@ -55,26 +55,7 @@ def section(params_path: Path, name: str) -> dict:
     return load_section(params_path, name)
 
 
-class LazyGroup(click.Group):
-    """A group whose `lazy` commands live in other modules, imported only when one of them is run or listed."""
-
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})  # name -> "module:attribute"
-
-    def list_commands(self, ctx):
-        return sorted({*super().list_commands(ctx), *self.lazy})
-
-    def get_command(self, ctx, name):
-        if name in self.lazy and name not in self.commands:
-            import importlib
-
-            module, attribute = self.lazy[name].split(":")
-            self.add_command(getattr(importlib.import_module(module, __package__), attribute), name)
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=LazyGroup, lazy={"unify": ".unify:unify_command"})
+@click.group()
 @click.version_option(package_name="ham10000-repo")
 def main():
     """Build, validate and release the HAM10000 dataset repository (see README.md)."""
@@ -101,7 +82,10 @@ def ingest(params_path, out):
     from .dvcfile import untracked_sources
     from .ingest import ingest as run
 
-    params = section(params_path, "ingest")
+    from .params import load_section
+    from .source_rules import ingest_rules
+
+    params = load_section(params_path, "ingest", ingest_rules)
     for path in untracked_sources({"ingest": params}, params_path.parent):
         click.echo(f"warning: raw source {path} is not tracked by a .dvc file of its own; run `dvc add {path}` "
                    f"so it is versioned and can be pushed and pulled", err=True)
@@ -263,6 +247,29 @@ def validate_command(paths: tuple[Path, ...], fmt: str) -> None:
         click.echo(f"{len(paths)} file{'s' * (len(paths) != 1)} valid")
     if problems:
         click.get_current_context().exit(1)
+
+
+@main.command("unify")
+@click.argument("csvfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Ordered rules file (YAML). Default: the packaged pipeline/rules/diagnoses.yaml.")
+@click.option("--column", default="diagnosis", show_default=True, help="Column holding the free-text report.")
+@click.option("--sep", type=click.Choice(["auto", ",", ";", "tab"]), default="auto", show_default=True,
+              help="CSV delimiter; auto picks ';' or ',' from the header line.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a CSV with columns text,dx,rule.")
+@friendly_errors
+def unify_command(csvfile, rules_path, column, sep, output):
+    """Map free-text pathology reports in CSVFILE to diagnosis classes.
+
+    Applies the ordered regular-expression rules (first match wins) to each row's text and prints
+    text -> class (rule), then coverage per class and the texts that rules of two classes both match.
+    Texts no rule matches are excluded and counted as unmatched.
+    """
+    from .unify import report
+
+    for line in report(csvfile, rules_path, column, sep, output):
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,6 @@ def stable_hash(value) -> str:
     return sha256_bytes(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
 
 
-def source_version(*modules) -> str:
-    """Hash of the source files of the given modules: the 'code version' in per-image cache keys."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a killed run never leaves a half-written file."""
     path = Path(path)

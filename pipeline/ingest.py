@@ -6,7 +6,8 @@ limit) are the same for every kind of source. Images that are not plain 8-bit RG
 EXIF rotation, are stored as a normalised lossless PNG so later stages see upright RGB pixels.
 Work is cached twice: images by content hash in the (persistent) object store, so an image is decoded once; and
 raw files by their stamp (path, size, mtime, inode, joined fields) in `read_cache.json`, so a re-run after one
-new deck or folder reads only the new files (see `sources.Unit`).
+new deck or folder reads only the new files (see `sources.Unit`). Both caches are keyed by the code ingest runs
+(its import closure, readers and `imaging.py` included: `codedeps.code_version`) and `max_pixels`.
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
 `extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).
@@ -15,15 +16,15 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import sources
-from .common import (PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, source_version,
-                     stable_hash, write_csv)
+from .codedeps import code_version
+from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, stable_hash, write_csv
+from .imaging import to_rgb
 from .sources import ITEM_FIELDS, Reject, Unit
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
@@ -76,23 +77,6 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     buffer = io.BytesIO()
     upright.save(buffer, format="PNG")
     return CheckedImage(buffer.getvalue(), ".png", upright.width, upright.height, fmt)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: 16-bit scaled down, alpha composited on white, palette and CMYK converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        import numpy as np
-
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
@@ -152,7 +136,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     out_dir = Path(out_dir)
     objects_dir = out_dir / "objects"
     objects_dir.mkdir(parents=True, exist_ok=True)
-    checked_with = f"{source_version(sys.modules[__name__], sources)}-{max_pixels}"
+    checked_with = f"{code_version(__name__)}-{max_pixels}"
     cache = _load_object_index(objects_dir, checked_with)
     reads = ReadCache(out_dir / READ_CACHE, checked_with)
 
@@ -231,7 +215,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         if not root.is_dir():
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
                                                                      "does not exist"))
-        reader_version = source_version(sys.modules[read.__module__])
+        reader_version = code_version(read.__module__)
         for element in progress(read(root, options), f"ingest {name}"):
             if not isinstance(element, Unit):
                 handle(name, kind, element)

@@ -18,9 +18,7 @@ from pathlib import Path
 import yaml
 
 from .common import PipelineError, load_params
-from .dvcfile import ingest_dependency_problems, missing_source_folders
 from .schema_messages import Problem, closest, message, show, validator
-from .vocabulary import DATASETS, PUBLIC_KINDS
 
 SECTIONS = ("ingest", "filter", "standardise", "metadata", "split", "release")
 
@@ -87,48 +85,6 @@ def _schema_problems(data, root, file: str) -> list[Problem]:
     return problems
 
 
-def _sources(data: dict) -> list:
-    ingest = data.get("ingest")
-    sources = ingest.get("sources") if isinstance(ingest, dict) else None
-    return sources if isinstance(sources, list) else []
-
-
-def _source_rules(data: dict, root, file: str, flagged: set[str]) -> list[Problem]:
-    """Unique names, a dataset where the name is none, and each source's typed options (where the schema found
-    nothing wrong with them already: ``flagged`` holds the dotted keys it reported)."""
-    from . import sources as readers  # the readers' option classes; only the ingest section needs them
-
-    problems, first = [], {}
-    for i, source in enumerate(_sources(data)):
-        if not isinstance(source, dict):
-            continue
-        name, kind = source.get("name"), source.get("kind")
-        where = ["ingest", "sources", i]
-        if isinstance(name, str):
-            if name in first:
-                problems.append(Problem(file, _line_of(root, [*where, "name"]), _dotted([*where, "name"]), name,
-                                        f"duplicate source name (also ingest.sources[{first[name]}])"))
-            first.setdefault(name, i)
-            if kind not in PUBLIC_KINDS and name not in DATASETS and "dataset" not in source:
-                problems.append(Problem(
-                    file, _line_of(root, [*where, "name"]), _dotted([*where, "dataset"]), name,
-                    f"source {name} needs `dataset:` (one of {', '.join(DATASETS)}, unknown), the dataset value its "
-                    f"images get in the release, because its name is not one of them"))
-        options_key = _dotted([*where, "options"])
-        if kind in readers.KINDS and not any(key == options_key or key.startswith(options_key + ".")
-                                             for key in flagged):
-            try:
-                readers.options_for(kind).from_options(name if isinstance(name, str) else f"ingest.sources[{i}]",
-                                                       source.get("options"))
-            except readers.OptionError as error:
-                value = (source.get("options") or {}).get(error.key, "") if isinstance(source.get("options"),
-                                                                                       dict) else ""
-                problems.append(Problem(file, _line_of(root, [*where, "options", error.key]),
-                                        f"{options_key}.{error.key}", show(value),
-                                        f"source {error.source}: {error.message}"))
-    return problems
-
-
 def _other_rules(data: dict, root, file: str) -> list[Problem]:
     problems = []
     metadata = data.get("metadata")
@@ -145,33 +101,20 @@ def _other_rules(data: dict, root, file: str) -> list[Problem]:
     return problems
 
 
-def _repository_rules(data: dict, root, file: str, repo: Path, stage: bool) -> list[Problem]:
-    """Source folders that do not exist, then sources that are no dependency of stage ingest (where a dvc.yaml
-    sits in ``repo``). ``stage``: also a folder only absent because it is not pulled yet."""
-    if not (repo / "dvc.yaml").is_file():
-        return []
-    problems = []
-    names = {i: s.get("name") for i, s in enumerate(_sources(data)) if isinstance(s, dict)}
-    for index, path, text in missing_source_folders(data, repo, tracked_too=stage):
-        problems.append(Problem(file, _line_of(root, ["ingest", "sources", index, "path"]),
-                                f"ingest.sources[{index}].path", path, f"source {names.get(index)}: {text}"))
-    for index, path, text in ingest_dependency_problems(data, repo):
-        problems.append(Problem(file, _line_of(root, ["ingest", "sources", index, "path"]),
-                                f"ingest.sources[{index}].path", path, text))
-    return problems
-
-
 def section_of(problem: Problem) -> str | None:
     """The params section a problem is about (None: the whole file)."""
     head = problem.field.split(".", 1)[0].split("[", 1)[0]
     return head or None
 
 
-def validate_params(path: str | Path, section: str | None = None, stage: bool = False) -> list[Problem]:
+def params_problems(path: str | Path, section: str | None = None, stage: bool = False,
+                    ingest_rules=None) -> list[Problem]:
     """Problems of a params YAML file (schema, rules across keys, the repository's sources), ordered by line.
 
     ``section``: only the problems of that section (and of the whole file), as a stage checks its own.
-    ``stage``: as a stage sees the repository (a source folder not pulled yet is a problem too)."""
+    ``stage``: as a stage sees the repository (a source folder not pulled yet is a problem too).
+    ``ingest_rules``: the sources' rules (`source_rules.ingest_rules`), passed in by the callers that check the
+    ingest section, so that the other stages' code does not include the readers."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -191,18 +134,17 @@ def validate_params(path: str | Path, section: str | None = None, stage: bool = 
     problems = _duplicate_keys(root, file) + _schema_problems(data, root, file)
     if isinstance(data, dict):
         problems += _other_rules(data, root, file)
-        if section in (None, "ingest"):
-            problems += _source_rules(data, root, file, {p.field for p in problems})
-            problems += _repository_rules(data, root, file, Path(path).parent, stage)
+        if section in (None, "ingest") and ingest_rules is not None:
+            problems += ingest_rules(data, root, file, {p.field for p in problems}, Path(path).parent, stage)
     if section is not None:
         problems = [p for p in problems if section_of(p) in (None, section)]
     return sorted(problems, key=lambda p: p.row or 0)
 
 
-def load_section(path: str | Path, section: str) -> dict:
+def load_section(path: str | Path, section: str, ingest_rules=None) -> dict:
     """A stage's params section, checked first: PipelineError with the first problem's line (as `ham validate`
     words it) if the section has any problem."""
-    problems = validate_params(path, section, stage=True)
+    problems = params_problems(path, section, stage=True, ingest_rules=ingest_rules)
     if problems:
         more = f" (and {len(problems) - 1} more; see `ham validate {path}`)" if len(problems) > 1 else ""
         raise PipelineError(problems[0].line() + more)

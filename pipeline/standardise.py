@@ -6,20 +6,21 @@ The authors ran, on every final image:
 i.e. no metadata, portrait turned to landscape, scaled to cover 600x450, centre-cropped, 72 dpi, quality 100
 (ImageMagick writes 4:4:4 chroma at that quality, so we do too). `standardise_image` does the same with Pillow.
 
-Each output file is named `<candidate_id>-<recipe>.jpg`, where the recipe key hashes the params and this module's
-source: a re-run only processes images it has not seen with the same recipe, and removes what is no longer wanted.
+Each output file is named `<candidate_id>-<recipe>.jpg`, where the recipe key hashes the params and the code this
+module runs (its import closure, `codedeps.code_version`, so an edit to `imaging.py` counts too): a re-run only
+processes images it has not seen with the same recipe, and removes what is no longer wanted.
 Images whose standardised bytes are identical are kept once; the others are listed as duplicates.
 """
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .common import (atomic_write_bytes, read_csv, sha256_file, source_version, stable_hash, write_csv, progress)
-from .ingest import to_rgb
+from .codedeps import code_version
+from .common import atomic_write_bytes, progress, read_csv, sha256_file, stable_hash, write_csv
+from .imaging import to_rgb
 
 INDEX_COLUMNS = ("candidate_id", "file", "sha256", "bytes", "duplicate_of")
 
@@ -40,7 +41,7 @@ def standardise_image(image: Image.Image, width: int = 600, height: int = 450, q
 
 
 def recipe_key(params: dict) -> str:
-    return stable_hash({"params": params, "code": source_version(sys.modules[__name__])})[:12]
+    return stable_hash({"params": params, "code": code_version(__name__)})[:12]
 
 
 def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, params: dict, images_dir: Path,

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-import click
 import yaml
 
 from pipeline.common import PipelineError
@@ -165,21 +164,21 @@ def coverage(texts: Iterable[str], rules: list[Rule]) -> dict[str, int]:
 
 # --- command line ------------------------------------------------------------------------------------------------
 
-_SEPARATORS = {"auto": None, ",": ",", ";": ";", "tab": "\t"}
+SEPARATORS = {"auto": None, ",": ",", ";": ";", "tab": "\t"}
 
 
 def _read_texts(path: Path, column: str, sep: str) -> list[str]:
     try:
         content = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise click.ClickException(f"{path}: cannot read ({error})")
+        raise PipelineError(f"{path}: cannot read ({error})")
     if not content.strip():
-        raise click.ClickException(f"{path}: empty file")
-    delimiter = _SEPARATORS[sep] or _detect_delimiter(content.splitlines()[0])
+        raise PipelineError(f"{path}: empty file")
+    delimiter = SEPARATORS[sep] or _detect_delimiter(content.splitlines()[0])
     reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
     if column not in (reader.fieldnames or []):
         shown = "sep=tab" if delimiter == "\t" else f"sep={delimiter!r}"
-        raise click.ClickException(
+        raise PipelineError(
             f"{path}: no column {column!r} ({shown}; columns: {', '.join(reader.fieldnames or [])})"
         )
     return [(row.get(column) or "").strip() for row in reader]
@@ -211,46 +210,25 @@ def _format_coverage(counts: dict[str, int]) -> list[str]:
     return lines
 
 
-@click.command("unify")
-@click.argument("csvfile", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Ordered rules file (YAML). Default: the packaged pipeline/rules/diagnoses.yaml.")
-@click.option("--column", default="diagnosis", show_default=True, help="Column holding the free-text report.")
-@click.option("--sep", type=click.Choice(list(_SEPARATORS)), default="auto", show_default=True,
-              help="CSV delimiter; auto picks ';' or ',' from the header line.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a CSV with columns text,dx,rule.")
-def unify_command(csvfile: Path, rules_path: Optional[Path], column: str, sep: str, output: Optional[Path]):
-    """Map free-text pathology reports in CSVFILE to diagnosis classes.
-
-    Applies the ordered regular-expression rules (first match wins) to each row's text and prints
-    text -> class (rule), then coverage per class and the texts that rules of two classes both match.
-    Texts no rule matches are excluded and counted as unmatched.
-    """
-    try:
-        rules = load_rules(rules_path)
-    except RulesError as error:
-        raise click.ClickException(str(error))
+def report(csvfile: Path, rules_path: Optional[Path], column: str, sep: str, output: Optional[Path]) -> list[str]:
+    """What `ham unify` prints for CSVFILE: each text -> class (rule), coverage, conflicts; writes `output` too."""
+    rules = load_rules(rules_path)
     if not csvfile.exists():
-        raise click.ClickException(f"{csvfile}: file not found")
+        raise PipelineError(f"{csvfile}: file not found")
     texts = _read_texts(csvfile, column, sep)
     outcomes = [unify(text, rules) for text in texts]
 
-    for text, outcome in zip(texts, outcomes):
-        click.echo(f"{text} -> {outcome.dx} ({outcome.rule})")
-    click.echo("")
-    for line in _format_coverage(coverage(texts, rules)):
-        click.echo(line)
-
+    lines = [f"{text} -> {outcome.dx} ({outcome.rule})" for text, outcome in zip(texts, outcomes)]
+    lines.append("")
+    lines += _format_coverage(coverage(texts, rules))
     found = conflicts(texts, rules)
-    click.echo(f"conflicts: {len(found)} text(s) matched by rules of different classes")
-    for conflict in found:
-        click.echo(f"  {conflict.text}: {', '.join(conflict.outcomes)} "
-                   f"(rules {', '.join(conflict.rules)}) -> {conflict.dx}")
-
+    lines.append(f"conflicts: {len(found)} text(s) matched by rules of different classes")
+    lines += [f"  {conflict.text}: {', '.join(conflict.outcomes)} (rules {', '.join(conflict.rules)}) -> {conflict.dx}"
+              for conflict in found]
     if output is not None:
         try:
             _write_outcomes(output, texts, outcomes)
         except OSError as error:
-            raise click.ClickException(f"{output}: cannot write ({error.strerror or error})")
-        click.echo(f"wrote {len(texts)} rows to {output}")
+            raise PipelineError(f"{output}: cannot write ({error.strerror or error})")
+        lines.append(f"wrote {len(texts)} rows to {output}")
+    return lines

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .params import validate_params
+from .params import params_problems
 from .schema_messages import SCHEMA_DIR, Problem, format_table, load_schema, schema_path
 from .tables import (DATASETS, TABLE_SCHEMAS, TRUNK_PARTS, detect_kind, validate_csv, validate_metadata_rows,
                      validate_table, values_agree)
@@ -17,6 +17,13 @@ from .tables import (DATASETS, TABLE_SCHEMAS, TRUNK_PARTS, detect_kind, validate
 __all__ = ["DATASETS", "SCHEMA_DIR", "TABLE_SCHEMAS", "TRUNK_PARTS", "Problem", "detect_kind", "format_table",
            "load_schema", "schema_path", "validate_csv", "validate_metadata_rows", "validate_params",
            "validate_path", "validate_table", "values_agree"]
+
+
+def validate_params(path: str | Path, section: str | None = None, stage: bool = False) -> list[Problem]:
+    """Problems of a params YAML file, the sources' rules included (what `ham validate params.yaml` reports)."""
+    from .source_rules import ingest_rules
+
+    return params_problems(path, section, stage, ingest_rules)
 
 
 def validate_path(path: str | Path) -> list[Problem]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from pipeline import sources
 from pipeline.cli import main
-from pipeline.params import validate_params
+from pipeline.validate import validate_params
 from pipeline.schema_messages import Problem, load_schema
 from pipeline.sources import OptionError
 

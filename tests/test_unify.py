@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pipeline.cli import unify_command
 from pipeline.unify import (
     NO_RULE,
     OUTCOMES,
@@ -15,7 +16,6 @@ from pipeline.unify import (
     load_rules,
     parse_rules,
     unify,
-    unify_command,
 )
 
 EXAMPLES = Path("ham10000") / "metadata" / "unify_diagnoses_example.csv"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
 from pipeline.cli import validate_command
-from pipeline.params import validate_params
+from pipeline.validate import validate_params
 from pipeline.schema_messages import SCHEMA_DIR, Problem, schema_path
 from pipeline.tables import detect_kind, validate_csv, validate_metadata_rows
 from pipeline.validate import validate_path

@@ -56,6 +56,7 @@ from typing import Iterator, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..imaging import to_rgb  # the pipeline's one conversion rule (16-bit, alpha, palette, CMYK)
 from . import (ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_stamp, mapping, number, option,
                read_table, text)
 from .export import INDEX_SKIP, _safe_relative
@@ -152,7 +153,7 @@ def find_crop(image: Image.Image, options: SlideOptions) -> tuple[int, int, int,
     """Crop box in full-resolution pixels, or None when the scan has no dark border."""
     width, height = image.size
     factor = max(1, -(-max(width, height) // options.analysis_size))
-    eight_bit = image if image.mode in ("L", "RGB") else _to_rgb(image)
+    eight_bit = image if image.mode in ("L", "RGB") else to_rgb(image)
     small = np.asarray((eight_bit.reduce(factor) if factor > 1 else eight_bit).convert("L"), dtype=np.float32)
     left, top, right, bottom = detect_picture(small, options.dark_threshold, options.dark_fraction)
     small_h, small_w = small.shape
@@ -169,12 +170,6 @@ def find_crop(image: Image.Image, options: SlideOptions) -> tuple[int, int, int,
     inset_x, inset_y = round(options.margin * (box[2] - box[0])), round(options.margin * (box[3] - box[1]))
     return (box[0] + (inset_x if left > 0 else 0), box[1] + (inset_y if top > 0 else 0),
             box[2] - (inset_x if right < small_w else 0), box[3] - (inset_y if bottom < small_h else 0))
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    from ..ingest import to_rgb  # the pipeline's one conversion rule (16-bit, alpha, palette, CMYK)
-
-    return to_rgb(image)
 
 
 # --- reading scans -----------------------------------------------------------------------------------------
@@ -221,7 +216,7 @@ def crop_scan(data: bytes, origin: str, options: SlideOptions) -> tuple[bytes, s
         return data, "crop none", {**fields, "crop_box": ""}
     picture = upright.crop(box)
     if picture.mode not in PNG_MODES:
-        picture = _to_rgb(picture)
+        picture = to_rgb(picture)
     buffer = io.BytesIO()
     icc = image.info.get("icc_profile")
     picture.save(buffer, format="PNG", **({"icc_profile": icc} if icc else {}))
