@@ -1,6 +1,7 @@
 """Stage `metadata`: age binning, normalisation of raw fields, and `build_metadata` (every candidate accounted
 for, lesions that disagree excluded, stable IDs from the append-only registries, de-identified output).
-Candidate hashes and official IDs come from the real HAM10000 manifest."""
+Candidate hashes and official IDs come from the real HAM10000 manifest (the test of official lesion IDs shared
+across sources makes its own)."""
 from __future__ import annotations
 
 import hashlib

@@ -474,6 +474,19 @@ def test_ci_validation_fails_on_a_damaged_copy(checkout, tmp_path, damage):
     assert summary == "1 problem in 1 of 4 files"
 
 
+def test_ci_validation_fails_on_a_params_type_error(checkout, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git"))
+    lines = (copy / "params.yaml").read_text(encoding="utf-8").split("\n")
+    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith("epochs:"))
+    lines[line - 1] = '  epochs: "ten"'
+    (copy / "params.yaml").write_text("\n".join(lines), encoding="utf-8")
+    result = run(["bash", "-c", workflow_step(CI_VALIDATE)], copy, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    header, problem, summary = result.stdout.strip().split("\n")
+    assert problem.split()[:4] == ["params.yaml", str(line), "filter.epochs", "ten"], result.stdout
+
+
 # ------------------------------------------------------------------------------------------------- params
 
 def test_repository_params_are_valid(repo_root):
