@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +23,10 @@ TABLE_SCHEMAS = {
     "manifest": "manifest-row",
     "candidates": "candidates-row",
     "decisions": "decisions-row",
+    # The ID and split registries committed under registry/ (images.csv and lesions.csv share the header key,id).
+    "image-registry": "image-registry-row",
+    "lesion-registry": "lesion-registry-row",
+    "split-registry": "split-registry-row",
 }
 
 BOM = b"\xef\xbb\xbf"
@@ -77,6 +82,8 @@ def _table_problems(kind: str, header: list[str], rows: list[dict], file: str,
         problems += _manifest_rules(numbered, file)
     elif kind == "decisions":
         problems += _decisions_rules(numbered, file)
+    elif kind in ("image-registry", "lesion-registry", "split-registry"):
+        problems += _registry_rules(kind, numbered, file)
     return _sorted(problems)
 
 
@@ -163,6 +170,20 @@ def _decisions_rules(numbered: list[tuple[int, dict]], file: str) -> list[Proble
     return problems
 
 
+def _registry_rules(kind: str, numbered: list[tuple[int, dict]], file: str) -> list[Problem]:
+    """A registry maps each key to one ID and each ID to one key; an official lesion ID (a key of the form
+    HAM_ + 7 digits) is recorded as its own ID. The split registry lists each lesion once."""
+    if kind == "split-registry":
+        return _first_seen(numbered, "lesion_id", file, "lesion ID")
+    problems = _first_seen(numbered, "key", file, "key") + _first_seen(numbered, "id", file, "ID")
+    if kind == "lesion-registry":
+        for number, row in numbered:
+            key, id_ = row.get("key", ""), row.get("id", "")
+            if re.fullmatch(r"HAM_[0-9]{7}", key) and id_ != key:
+                problems.append(Problem(file, number, "id", id_, f"official lesion ID {key} must keep its own ID"))
+    return problems
+
+
 def validate_metadata_rows(rows: list[dict], file: str) -> list[Problem]:
     """Validate HAM10000 metadata rows (dicts of strings, as written to the CSV) against the schema and the
     table-wide rules. The first row's keys serve as the header. ``file`` names the table in the problems."""
@@ -171,15 +192,23 @@ def validate_metadata_rows(rows: list[dict], file: str) -> list[Problem]:
 
 
 def validate_table(rows: list[dict], kind: str, file: str) -> list[Problem]:
-    """Validate rows of a table of the given kind (metadata, manifest, candidates, decisions)."""
+    """Validate rows of a table of the given kind (a key of TABLE_SCHEMAS)."""
     header = list(rows[0]) if rows else list(load_schema(TABLE_SCHEMAS[kind])["required"])
     return _table_problems(kind, header, rows, file)
 
 
 # ---------------------------------------------------------------------------------------------------------- CSV
 
-def detect_kind(header: list[str]) -> str | None:
-    """Which table a header belongs to: the kind whose schema shares the most columns with it (None if unclear)."""
+def detect_kind(header: list[str], rows: list[dict] = ()) -> str | None:
+    """Which table a header belongs to: the kind whose schema has exactly its columns, else the kind whose schema
+    shares the most columns with it (None if unclear). The image and lesion registries share their header; the
+    rows' keys tell them apart (content hashes for images, '<source>/<key>' or HAM_ IDs for lesions)."""
+    exact = [kind for kind, name in TABLE_SCHEMAS.items() if set(header) == set(load_schema(name)["properties"])]
+    if exact == ["image-registry", "lesion-registry"]:
+        hashes = sum(bool(re.fullmatch(r"[0-9a-f]{64}", row.get("key", ""))) for row in rows)
+        return "image-registry" if 2 * hashes >= len(rows) else "lesion-registry"
+    if len(exact) == 1:
+        return exact[0]
     scores = {kind: len(set(header) & set(load_schema(name)["properties"])) for kind, name in TABLE_SCHEMAS.items()}
     ranked = sorted(scores.values(), reverse=True)
     if ranked[0] < 2 or ranked[0] == ranked[1]:
@@ -230,16 +259,17 @@ def _read_csv(path: Path, file: str):
 
 
 def validate_csv(path: str | Path, kind: str | None = None) -> list[Problem]:
-    """Validate a CSV table: metadata, manifest, candidates or decisions (detected from the header if not given)."""
+    """Validate a CSV table: metadata, manifest, candidates, decisions or one of the registries (detected from the
+    header if not given)."""
     file = str(path)
     if kind is not None and kind not in TABLE_SCHEMAS:
         raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(TABLE_SCHEMAS)}")
     header, rows, numbers, problems = _read_csv(Path(path), file)
     if header is None:
         return problems
-    kind = kind or detect_kind(header)
+    kind = kind or detect_kind(header, rows)
     if kind is None:  # row-level problems of an unknown table would only be noise
         return [p for p in problems if p.row is None] + [Problem(file, 0, "", ",".join(header)[:80],
                                    "cannot tell which table this is from its header (expected a metadata, "
-                                   "manifest, candidates or decisions table)")]
+                                   "manifest, candidates or decisions table, or a registry)")]
     return _sorted(problems + _table_problems(kind, header, rows, file, numbers))

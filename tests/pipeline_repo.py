@@ -36,3 +36,13 @@ def copy_repository(target: Path) -> Path:
     run(["git", "add", "-A"], target)
     run(["git", "commit", "-q", "-m", "copy"], target)
     return target
+
+
+def workflow_step(name: str) -> str:
+    """The shell command of the step called `name` in the GitHub workflow (.github/workflows/ci.yml), so that a test
+    runs exactly what CI runs."""
+    import yaml
+
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8"))
+    [step] = [step for job in workflow["jobs"].values() for step in job["steps"] if step.get("name") == name]
+    return step["run"]

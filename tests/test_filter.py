@@ -11,7 +11,7 @@ import pytest
 from pipeline.common import read_csv
 from pipeline.filter import decide
 from pipeline.ingest import ingest
-from pipeline.train_filter import train_filter
+from pipeline.train_filter import in_holdout, train_filter
 
 pytestmark = pytest.mark.real_data
 
@@ -73,11 +73,30 @@ def test_training_reports_held_out_accuracy(workspace):
         f"held-out accuracy {accuracy} on {metrics['held_out']} images (dermatoscopic vs clinical)"
 
 
-def test_per_type_train_counts_are_true_counts(workspace):
-    metrics = workspace["metrics"]
-    counts = metrics["per_type_train_counts"]
-    assert counts["macro"] == 0
-    assert counts["dsc"] + counts["clinic"] + counts["macro"] == metrics["trained_on"]
+def test_per_type_train_counts_are_true_counts(workspace, tmp_path):
+    """Each type's count is the number of training (not held-out) images annotated with it. Annotated here: every
+    dermatoscopic image as d, half the clinical ones as c and a sixth as m, so the three counts differ and a swap
+    of two labels cannot go unseen."""
+    truth = workspace["truth"]
+    clinical = sorted(c for c, key in truth.items() if key == "c")
+    labels = {**{c: "d" for c, key in truth.items() if key == "d"}, **{c: "c" for c in clinical[:N_EACH // 2]},
+              **{c: "m" for c in clinical[N_EACH // 2:N_EACH // 2 + N_EACH // 6]}}
+    params = {**TRAIN_PARAMS, "epochs": 1}
+    metrics = train_filter(workspace["ingest"] / "candidates.csv", workspace["ingest"] / "objects",
+                           _annotations(tmp_path / "types.csv", labels), params, tmp_path / "model.pt",
+                           tmp_path / "metrics.json")
+    trained = [c for c in labels if not in_holdout(c, params["seed"], params["holdout_fraction"])]
+    expected = {name: sum(labels[c] == key for c in trained) for key, name in (("d", "dsc"), ("m", "macro"),
+                                                                               ("c", "clinic"))}
+    assert len(set(expected.values())) == 3, expected
+    assert metrics["per_type_train_counts"] == expected
+    assert metrics["trained_on"] == len(trained) and metrics["annotated"] == len(labels)
+
+    # The workspace's model: dermatoscopic and clinical only.
+    counts = workspace["metrics"]["per_type_train_counts"]
+    trained = [c for c in truth if not in_holdout(c, TRAIN_PARAMS["seed"], TRAIN_PARAMS["holdout_fraction"])]
+    assert counts == {"dsc": sum(truth[c] == "d" for c in trained), "macro": 0,
+                      "clinic": sum(truth[c] == "c" for c in trained)}
 
 
 def test_training_is_byte_identical(workspace, tmp_path):

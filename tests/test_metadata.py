@@ -1,8 +1,10 @@
 """Stage `metadata`: age binning, normalisation of raw fields, and `build_metadata` (every candidate accounted
 for, lesions that disagree excluded, stable IDs from the append-only registries, de-identified output).
-Candidate hashes and official IDs come from the real HAM10000 manifest."""
+Candidate hashes and official IDs come from the real HAM10000 manifest (the test of official lesion IDs shared
+across sources makes its own)."""
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -286,6 +288,35 @@ def test_official_image_id_conflict_is_an_error(tmp_path, scenario):
     from pipeline.common import PipelineError
     with pytest.raises(PipelineError, match=official["image_id"]):
         run(tmp_path, "v2", scenario, [*scenario["rows"], thief])
+
+
+def test_official_lesion_ids_are_global_across_sources(tmp_path):
+    """Two sources that give official HAM_ lesion IDs share one: its images from both sources are one lesion, with
+    that ID. Keys of other sources, and keys that are not HAM_ IDs, stay per source."""
+    def entry(number: int, dataset: str, lesion_key: str, image_id: str = "") -> dict:
+        return {"sha256": hashlib.sha256(f"image {number}".encode()).hexdigest(), "dataset": dataset,
+                "lesion_id": "", "dx": "nv", "dx_type": "histo", "image_id": image_id}
+
+    def add(number, dataset, lesion_key, image_id=""):
+        return candidate(entry(number, dataset, lesion_key, image_id), number, lesion_key=lesion_key,
+                         image_id=image_id, sex="male", age="47")
+
+    rows = [add(1, "vidir_modern", "HAM_0000118", "ISIC_0027419"), add(2, "vidir_molemax", "HAM_0000118"),
+            add(3, "vidir_modern", "HAM_0002730", "ISIC_0025030"),
+            add(4, "rosendahl", "HAM_0000500"), add(5, "vienna_dias", "HAM_0000500"),  # not official sources
+            add(6, "vidir_modern", "L-7"), add(7, "vidir_molemax", "L-7")]  # not HAM_ IDs
+    params = {**PARAMS, "official_lesion_ids_from": ["vidir_modern", "vidir_molemax"]}
+    out = tmp_path / "out"
+    counts = build_metadata(*write_inputs(tmp_path, rows), params, tmp_path / "registry", out)
+    assert counts["rows"] == 7 and read_csv(out / "excluded.csv") == []
+    lesion_of = {i["candidate_id"]: i["lesion_id"] for i in read_csv(out / "images.csv")}
+    assert [lesion_of[r["candidate_id"]] for r in rows] == [
+        "HAM_0000118", "HAM_0000118", "HAM_0002730", "HAM_9000000", "HAM_9000003", "HAM_9000001", "HAM_9000002"]
+    assert read_csv(tmp_path / "registry" / "lesions.csv") == [
+        {"key": "HAM_0000118", "id": "HAM_0000118"}, {"key": "HAM_0002730", "id": "HAM_0002730"},
+        {"key": "rosendahl/HAM_0000500", "id": "HAM_9000000"}, {"key": "vidir_modern/L-7", "id": "HAM_9000001"},
+        {"key": "vidir_molemax/L-7", "id": "HAM_9000002"}, {"key": "vienna_dias/HAM_0000500", "id": "HAM_9000003"}]
+    assert counts["new_lesion_ids"] == 6
 
 
 @pytest.mark.parametrize("candidate, expected", [

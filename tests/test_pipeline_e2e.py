@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.validate import validate_csv
-from tests.pipeline_repo import copy_repository, run
+from tests.pipeline_repo import copy_repository, run, workflow_step
 
 STAGES = ("ingest", "train_filter", "filter", "standardise", "metadata", "split", "release")
 
@@ -46,6 +46,40 @@ def check_release(repo: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def released_candidates(repo: Path) -> set[str]:
+    """Candidate IDs of the images in the release (the metadata stage's images table joins them to image IDs)."""
+    released = {r["image_id"] for r in read_rows(repo / "release/manifest.csv") if r["image_id"]}
+    return {r["candidate_id"] for r in read_rows(repo / "data/interim/metadata/images.csv")
+            if r["image_id"] in released}
+
+
+def check_release_validation(repo: Path, damaged: Path) -> None:
+    """CI's command that validates a built release passes on it, and fails on a damaged copy of its tables naming
+    each damaged file, row and field."""
+    command = workflow_step("Validate the demo release")
+    result = run(["bash", "-c", command], repo, check=False)
+    assert (result.returncode, result.stdout.strip()) == (0, "3 files valid"), result.stdout + result.stderr
+
+    for table in ("train/metadata.csv", "test/metadata.csv", "manifest.csv"):
+        (damaged / "release" / table).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo / "release" / table, damaged / "release" / table)
+    metadata = read_rows(damaged / "release/test/metadata.csv")
+    metadata[0]["dx"] = "melanoma"
+    manifest = read_rows(damaged / "release/manifest.csv")
+    image = [number for number, row in enumerate(manifest, 1) if row["image_id"]][1]  # an image row after row 1
+    manifest[image - 1]["path"] = manifest[0]["path"]
+    for name, rows in (("test/metadata.csv", metadata), ("manifest.csv", manifest)):
+        with open(damaged / "release" / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    result = run(["bash", "-c", command], damaged, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [line.split()[:4] for line in result.stdout.splitlines()[1:-1]]
+    assert problems == [["release/test/metadata.csv", "1", "dx", "melanoma"],
+                        ["release/manifest.csv", str(image), "path", manifest[0]["path"]]], result.stdout
+
+
 SAMPLE_RAW = [f"data/raw/sample/{name}" for name in
               ("rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias", "image_types.csv")]
 
@@ -64,6 +98,7 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
     rows = check_release(repo)
     assert set(rows) == {"train", "test"}
     assert sum(len(r) for r in rows.values()) > 60
+    check_release_validation(repo, tmp_path / "damaged")
     candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
     rejects = read_rows(repo / "data/interim/ingest/rejects.csv")
     excluded = read_rows(repo / "data/interim/metadata/excluded.csv")
@@ -172,6 +207,10 @@ def test_real_images_pipeline(tmp_path, ham_data):
 
     run(["dvc", "repro"], repo)
     rows = check_release(repo)
+    # The registries this run wrote (official image and lesion IDs kept) pass CI's validation, with the params.
+    validated = run(["bash", "-c", workflow_step("Validate params.yaml and the registries")], repo, check=False)
+    assert (validated.returncode, validated.stdout.strip()) == (0, "4 files valid"), validated.stdout
+    assert any(r["key"] == r["id"] for r in read_rows(repo / "registry/lesions.csv"))
     released = {r["image_id"]: r for split_rows in rows.values() for r in split_rows}
     excluded = read_rows(repo / "data/interim/metadata/excluded.csv")
     candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
@@ -185,7 +224,11 @@ def test_real_images_pipeline(tmp_path, ham_data):
     kept = {c for c, d in decisions.items() if d["keep"] == "true"}
     assert not {e["stage"] for e in excluded if e["candidate_id"] not in dermnet} - {"filter"}, \
         "only the filter may drop a real dermatoscopic image"
-    assert dermnet <= dropped  # clinical photos never reach the release, whatever the filter said
+    # Every DermNet photograph copied in is a candidate of source dermnet, and none reaches the release, whatever
+    # the filter said.
+    photographs = {digest for path, digest in candidates_by_path.items() if "dermnet" in path.parts}
+    assert len(photographs) >= 50 and dermnet == photographs
+    assert dermnet <= dropped and not dermnet & released_candidates(repo)
     # Annotations are obeyed; the model's mistakes are few; the review queue holds the model's unsure decisions.
     assert not annotated & dermnet & kept and (annotated - dermnet) <= kept
     model_decided = set(decisions) - annotated

@@ -1,6 +1,7 @@
 """Source kind `export`: an image folder with a CSV or Excel index, built in tmp_path from real images."""
 import csv
 import datetime
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -152,5 +153,8 @@ def test_bad_rows_and_unlisted_files_with_ingest(tmp_path, real_images, index):
     assert len(result.candidates) + len(result.rejects) == len(names) + 2  # every row, plus the unlisted files
     candidate = next(c for c in result.candidates if c["origin"] == "img1.jpg")
     assert (candidate["lesion_key"], candidate["age"], candidate["visit_date"]) == ("L1", "47.5", "2010-12-24")
-    assert real_images[7].name not in {c["origin"] for c in result.candidates}
-    assert len(files) == 6
+    # Nothing outside the source folder was read: '../secret.jpg' holds an image none of the six files has.
+    secret = hashlib.sha256(outside.read_bytes()).hexdigest()
+    assert secret not in {hashlib.sha256(path.read_bytes()).hexdigest() for path in files.values()}
+    assert secret not in {c["candidate_id"] for c in result.candidates}
+    assert not any(c["origin"].endswith("secret.jpg") for c in result.candidates)

@@ -202,6 +202,39 @@ def test_coverage_of_nothing():
 # --- validating the rules file -------------------------------------------------------------------------------------
 
 
+# Texts that rules of two or more outcomes match, so that only the packaged rules' order gives the right class: a
+# weak catch-all (hemorrhage -> vasc) or a benign rule moved above a more specific one changes them.
+ORDER_SENSITIVE = [
+    ("Melanoma with hemorrhage", "mel"),
+    ("Superficial spreading melanoma with haemorrhage", "mel"),
+    ("Basal cell carcinoma, ulcerated, with hemorrhage", "bcc"),
+    ("Bowen's disease with haemorrhage", "akiec"),
+    ("Actinic keratosis with hemorrhage", "akiec"),
+    ("Seborrheic keratosis with hemorrhage", "bkl"),
+    ("Dermatofibroma with hemorrhage", "df"),
+    ("Compound nevus with hemorrhage", "nv"),
+    ("Melanoma arising in a compound nevus", "mel"),
+    ("Lentigo maligna melanoma, solar lentigo at the margin", "mel"),
+    ("Basal cell carcinoma next to a seborrheic keratosis", "bcc"),
+    ("Squamous cell carcinoma in situ over a seborrheic keratosis", "akiec"),
+    ("Invasive squamous cell carcinoma arising in actinic keratosis", "exclude"),
+    ("Collision of a melanoma and a seborrheic keratosis", "exclude"),
+    ("Nevus sebaceus with hemorrhage", "exclude"),
+]
+
+
+@pytest.mark.parametrize("text, dx", ORDER_SENSITIVE)
+def test_packaged_rules_order_decides_texts_two_outcomes_match(rules, text, dx):
+    matching = {rule.outcome for rule in rules if rule.matches(text)}
+    assert len(matching) >= 2 and dx in matching, f"{text!r} is matched by {matching}: not order-sensitive"
+    assert unify(text, rules).dx == dx
+
+
+def test_hemorrhage_alone_is_vascular(rules):
+    for text in ("Hemorrhage", "Haemorrhage into the dermis"):
+        assert unify(text, rules) == Outcome("vasc", "hemorrhage", True)
+
+
 def test_packaged_rules_load_with_exclude_rules_first(rules):
     assert len({rule.name for rule in rules}) == len(rules)
     outcomes = [rule.outcome for rule in rules]

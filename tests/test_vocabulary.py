@@ -31,6 +31,7 @@ EXPECTED = {
     "manifest-row": {"CLASSES": 1, "SPLITS": 1},
     "candidates-row": {"CLASSES": 1, "DX_TYPES": 1, "IMAGE_TYPES": 1, "SPLITS": 1},
     "decisions-row": {"IMAGE_TYPES": 1},
+    "split-registry-row": {"SPLITS": 1},
 }
 
 
