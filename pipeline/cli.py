@@ -221,8 +221,8 @@ def summary(summary_json):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: aligned text for people; json: a list of problems (file, row, field, value, message).")
 def validate_command(paths: tuple[Path, ...], fmt: str) -> None:
-    """Check metadata, manifest, candidates and decisions CSVs, the registries and params.yaml against the JSON Schemas in
-    schemas/ and the rules across rows (unique IDs, a lesion's images agreeing, lesion-disjoint splits, ...).
+    """Check metadata, manifest, candidates and decisions CSVs, the registries and params.yaml against the JSON
+    Schemas in schemas/ and the rules across rows (unique IDs, a lesion's images agreeing, lesion-disjoint splits, ...).
 
     Prints every problem with its file, row, field and value and exits 1 if there is any; otherwise prints how
     many files are valid and exits 0. Rows count from 1 after the header (0 is the header itself); in params
