@@ -24,7 +24,7 @@ from .registry import Registry
 from .unify import coverage, load_rules, unify
 from .validate import validate_metadata_rows, values_agree
 from .vocabulary import (CLASSES, DATASETS, DX_TYPE_OF, DX_TYPES, ISIC_CLASS_NODE, LOCALIZATION_OF, RELEASE_COLUMNS,
-                         SEX_OF, SEXES, isic_class_of, parse_age)
+                         SEX_OF, SEXES, isic_class_of, isic_refines, parse_age)
 
 METADATA_COLUMNS = RELEASE_COLUMNS  # metadata.csv holds exactly the release's columns
 IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint", "isic_diagnosis")
@@ -226,4 +226,5 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
             texts_by_source[candidate["source"]].append(candidate["diagnosis"])
     return {"candidates": len(candidates), "rows": len(rows), "excluded": len(excluded),
             "new_image_ids": len(images.added), "new_lesion_ids": len(lesions.added),
+            "isic_deeper": sum(isic_refines(r["dx"], r["isic_diagnosis"]) for r in rows),  # nodes below the class
             "unify_coverage": {source: coverage(texts, rules) for source, texts in sorted(texts_by_source.items())}}

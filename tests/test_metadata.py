@@ -224,6 +224,8 @@ def test_build_metadata_accounts_for_every_candidate(tmp_path, scenario):
     assert row_of[scenario["unified"]["candidate_id"]]["dx"] == "mel"
     # The ISIC node travels in images.csv (metadata.csv keeps the study's columns): the report's, or the class's.
     isic_of = {i["candidate_id"]: i["isic_diagnosis"] for i in images}
+    assert result["counts"]["isic_deeper"] == sum(node != ISIC_CLASS_NODE[m["dx"]] for node, m in
+                                                  zip((i["isic_diagnosis"] for i in images), metadata)) > 0
     assert isic_of[scenario["unified"]["candidate_id"]].endswith(":Melanoma Invasive, Nodular")
     for row in scenario["ok"]:
         dx = row_of[row["candidate_id"]]["dx"]
