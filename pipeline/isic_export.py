@@ -189,10 +189,10 @@ def _common_fields(row: dict, number: int, hierarchy: Mapping[str, str]) -> dict
     }
 
 
-def to_contribution_rows(rows: Iterable[dict], hierarchy: Mapping[str, str] = {}) -> list[dict]:
+def to_contribution_rows(rows: Iterable[dict], hierarchy: Mapping[str, str] | None = None) -> list[dict]:
     """One contribution-metadata row (keys CONTRIBUTION_COLUMNS) per release row, in input order; `hierarchy`
     maps image_id to its ISIC node (missing: the class's node)."""
-    return [{"filename": f"{row.get('image_id', '')}.jpg", **_common_fields(row, number, hierarchy)}
+    return [{"filename": f"{row.get('image_id', '')}.jpg", **_common_fields(row, number, hierarchy or {})}
             for number, row in enumerate(rows, start=1)]
 
 

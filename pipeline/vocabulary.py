@@ -10,6 +10,9 @@ enums of `schemas/*.json` equal them):
 - the HAM10000-to-ISIC-Archive mappings (diagnosis, confirm type, site, sex, image type), and the reverse maps the
   `isic` reader uses, derived from the forward ones where those are one to one (the exceptions are listed where
   they are made);
+- the ISIC diagnosis hierarchy as the release uses it: each class's node and the subtrees the class covers, the
+  older flat diagnoses' nodes, and helpers to place a node and to split it into isic-cli's level columns (the
+  archive's enumeration itself stays in the `isic-metadata` package, which the tests check these against);
 - one age parser (`parse_age`), used for binning raw ages and for writing ISIC's `age_approx`.
 
 Plain tuples and dicts, in release order (the order the schemas list them in); no imports from the rest of the
