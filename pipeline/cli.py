@@ -166,6 +166,8 @@ def metadata(params_path, candidates, decisions, standardised, registry, out):
                             Path(params["rules"]) if params.get("rules") else None)
     click.echo(f"metadata: {counts['rows']} rows, {counts['excluded']} excluded (see {out}/excluded.csv), "
                f"{counts['new_image_ids']} new image IDs, {counts['new_lesion_ids']} new lesion IDs")
+    if "isic_deeper" in counts:
+        click.echo(f"isic: {counts['isic_deeper']} of {counts['rows']} rows reach a node below their class's")
     for source, figures in counts["unify_coverage"].items():  # how well the diagnosis rules cover each source
         classes = ", ".join(f"{k} {v}" for k, v in figures.items() if v and k != "total")
         click.echo(f"unify coverage {source}: {figures['total']} reports: {classes}")
@@ -257,13 +259,14 @@ def validate_command(paths: tuple[Path, ...], fmt: str) -> None:
 @click.option("--sep", type=click.Choice(["auto", ",", ";", "tab"]), default="auto", show_default=True,
               help="CSV delimiter; auto picks ';' or ',' from the header line.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a CSV with columns text,dx,rule.")
+              help="Also write a CSV with columns text,dx,rule,isic.")
 @friendly_errors
 def unify_command(csvfile, rules_path, column, sep, output):
-    """Map free-text pathology reports in CSVFILE to diagnosis classes.
+    """Map free-text pathology reports in CSVFILE to diagnosis classes and ISIC diagnoses.
 
     Applies the ordered regular-expression rules (first match wins) to each row's text and prints
-    text -> class (rule), then coverage per class and the texts that rules of two classes both match.
+    text -> class (rule) and, indented below, the ISIC hierarchy's node; then coverage per class, how many
+    reports reach a node deeper than their class's, and the texts that rules of two classes both match.
     Texts no rule matches are excluded and counted as unmatched.
     """
     from .unify import report

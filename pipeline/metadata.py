@@ -2,6 +2,10 @@
 
 Free-text pathology is unified to a class by the ordered rules; raw ages, sexes and sites are normalised to the
 release's vocabulary (ages binned to 5 years, capped); each image and lesion gets its ID from the registries.
+Each image also gets its node of the ISIC diagnosis hierarchy (`isic_diagnosis`, a column of images.csv, not of
+metadata.csv, which keeps the study's columns): the node an `isic` source names (when it lies under the class), else
+the one the rules find in the report (when they find the same class), else the class's own node (a source that
+gives dx without a report, like the public release).
 Every candidate ends up either in `metadata.csv` or in `excluded.csv` with the stage and the reason. Rows that
 the schema or the cross-field rules reject are excluded with the validator's message, and the stage fails if
 what remains is still invalid: `dvc repro` never writes an invalid release. A source whose images have no
@@ -21,11 +25,11 @@ from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
 from .unify import coverage, load_rules, unify
 from .tables import validate_metadata_rows, values_agree
-from .vocabulary import (CLASSES, DATASETS, DX_TYPE_OF, DX_TYPES, LOCALIZATION_OF, RELEASE_COLUMNS, SEX_OF,
-                         SEXES, PUBLIC_KINDS, UNKNOWN_DATASET, parse_age)
+from .vocabulary import (CLASSES, DATASETS, DX_TYPE_OF, DX_TYPES, ISIC_CLASS_NODE, LOCALIZATION_OF, PUBLIC_KINDS,
+                         RELEASE_COLUMNS, SEX_OF, SEXES, UNKNOWN_DATASET, isic_class_of, isic_refines, parse_age)
 
 METADATA_COLUMNS = RELEASE_COLUMNS  # metadata.csv holds exactly the release's columns
-IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint")
+IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint", "isic_diagnosis")
 EXCLUDED_COLUMNS = ("candidate_id", "source", "origin", "member", "stage", "reason")
 
 
@@ -48,18 +52,20 @@ def bin_age(raw: str, cap: int) -> str:
 
 
 def normalise(candidate: dict, rules, params: dict) -> dict:
-    """The release fields of one candidate (without IDs); raises Excluded with the reason."""
+    """The release fields of one candidate (without IDs) and its `isic_diagnosis`; raises Excluded with the
+    reason."""
     if candidate["dx"].strip():
         dx = candidate["dx"].strip().lower()
         if dx not in CLASSES:
             raise Excluded(f"dx {candidate['dx']!r} is not one of {', '.join(CLASSES)}")
+        isic = isic_diagnosis_of(candidate, dx, rules)
     else:
         if not candidate["diagnosis"].strip():
             raise Excluded("no diagnosis given")
         outcome = unify(candidate["diagnosis"], rules)
         if outcome.dx not in CLASSES:
             raise Excluded(f"diagnosis {candidate['diagnosis']!r} -> {outcome.dx} (rule {outcome.rule})")
-        dx = outcome.dx
+        dx, isic = outcome.dx, outcome.isic
     dx_type = DX_TYPE_OF.get(candidate["dx_type"].strip().lower())
     if dx_type is None:
         raise Excluded(f"dx_type {candidate['dx_type']!r} is not one of {', '.join(DX_TYPES)}")
@@ -70,7 +76,21 @@ def normalise(candidate: dict, rules, params: dict) -> dict:
     if site is None:
         raise Excluded(f"localization {candidate['localization']!r} is not in the release vocabulary")
     return {"dx": dx, "dx_type": dx_type, "age": bin_age(candidate["age"], params["age_cap"]), "sex": sex,
-            "localization": site, "dataset": dataset_of(candidate)}
+            "localization": site, "dataset": dataset_of(candidate),
+            "isic_diagnosis": isic}
+
+
+def isic_diagnosis_of(candidate: dict, dx: str, rules) -> str:
+    """The ISIC node of a candidate whose source gives its class: the node the source names (an `isic` export)
+    if it lies under dx, else the node the rules find in its report if they find dx too, else dx's own node."""
+    named = json.loads(candidate.get("extra") or "{}").get("isic_diagnosis", "")
+    if named and isic_class_of(named) == dx:
+        return named
+    if candidate["diagnosis"].strip():
+        outcome = unify(candidate["diagnosis"], rules)
+        if outcome.dx == dx:
+            return outcome.isic
+    return ISIC_CLASS_NODE[dx]
 
 
 def dataset_of(candidate: dict) -> str | None:
@@ -215,7 +235,8 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
         {"image_id": r["image_id"], "lesion_id": r["lesion_id"], "candidate_id": r["_candidate"]["candidate_id"],
          "file": standardised[r["_candidate"]["candidate_id"]]["file"],
          "sha256": standardised[r["_candidate"]["candidate_id"]]["sha256"],
-         "split_hint": r["_candidate"].get("split_hint", "")} for r in rows), IMAGES_COLUMNS)
+         "split_hint": r["_candidate"].get("split_hint", ""), "isic_diagnosis": r["isic_diagnosis"]}
+        for r in rows), IMAGES_COLUMNS)
     excluded.sort(key=lambda e: (e["source"], e["origin"], e["member"], e["candidate_id"]))
     write_csv(out_dir / "excluded.csv", excluded, EXCLUDED_COLUMNS)
     texts_by_source = defaultdict(list)
@@ -224,4 +245,5 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
             texts_by_source[candidate["source"]].append(candidate["diagnosis"])
     return {"candidates": len(candidates), "rows": len(rows), "excluded": len(excluded),
             "new_image_ids": len(images.added), "new_lesion_ids": len(lesions.added),
+            "isic_deeper": sum(isic_refines(r["dx"], r["isic_diagnosis"]) for r in rows),  # nodes below the class
             "unify_coverage": {source: coverage(texts, rules) for source, texts in sorted(texts_by_source.items())}}

@@ -2,7 +2,8 @@
 
     release/<split>/images/<image_id>.jpg   the images of each split
     release/<split>/metadata.csv            HAM10000 columns (+ dataset) for that split
-    release/<split>/isic_metadata.csv       the same rows in ISIC Archive vocabulary (see pipeline/isic_export.py)
+    release/<split>/isic_contribution.csv   the same rows as ISIC Archive contribution metadata, and
+    release/<split>/isic_metadata.csv       as an isic-cli download has them (see pipeline/isic_export.py)
     release/ATTRIBUTION.md                  licence and citation
     release/manifest.csv                    every other file: sha256, size, split, image and lesion ID, label
 and a summary (counts per split and class) written beside it as a DVC metrics file.
@@ -15,7 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .common import atomic_write_bytes, read_csv, sha256_file, write_csv
-from .isic_export import write_isic_csv
+from .isic_export import isic_diagnoses, write_isic_outputs
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
 MANIFEST_COLUMNS = ("path", "sha256", "bytes", "split", "image_id", "lesion_id", "dx")
@@ -25,6 +26,7 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
                   release_dir: Path, summary_json: Path) -> dict:
     rows = read_csv(metadata_csv, HAM_COLUMNS)
     files = {r["image_id"]: r["file"] for r in read_csv(images_csv, ("image_id", "file"))}
+    hierarchy = isic_diagnoses(images_csv)  # image_id -> ISIC diagnosis node, for the ISIC outputs
     split_of = {r["lesion_id"]: r["split"] for r in read_csv(splits_csv, ("lesion_id", "split"))}
     release_dir = Path(release_dir)
     if release_dir.exists():
@@ -45,10 +47,10 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
             manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
                              "lesion_id": row["lesion_id"], "dx": row["dx"]})
         write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
-        write_isic_csv(by_split[split], release_dir / split / "isic_metadata.csv", params["isic_attribution"],
-                       params["isic_license"])
         manifest.append({"path": f"{split}/metadata.csv", "split": split})
-        manifest.append({"path": f"{split}/isic_metadata.csv", "split": split})
+        for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
+                                       params["isic_license"]):
+            manifest.append({"path": f"{split}/{name}", "split": split})
     attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
     atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
     manifest.append({"path": "ATTRIBUTION.md"})

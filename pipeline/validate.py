@@ -7,6 +7,7 @@ The names below are re-exported so that ``from pipeline.validate import validate
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from .params import params_problems
@@ -33,7 +34,10 @@ def validate_path(path: str | Path) -> list[Problem]:
     if suffix in (".yaml", ".yml"):
         return validate_params(path)
     if suffix == ".csv":
-        return validate_csv(path)
+        from .isic_export import validate_isic_file
+
+        isic = validate_isic_file(path)  # None unless the header is ISIC contribution metadata or an isic-cli export
+        return validate_csv(path) if isic is None else [Problem(**asdict(p)) for p in isic]
     try:
         with open(path, "rb") as f:
             first_line = f.readline()

@@ -10,6 +10,9 @@ enums of `schemas/*.json` equal them):
 - the HAM10000-to-ISIC-Archive mappings (diagnosis, confirm type, site, sex, image type), and the reverse maps the
   `isic` reader uses, derived from the forward ones where those are one to one (the exceptions are listed where
   they are made);
+- the ISIC diagnosis hierarchy as the release uses it: each class's node and the subtrees the class covers, the
+  older flat diagnoses' nodes, and helpers to place a node and to split it into isic-cli's level columns (the
+  archive's enumeration itself stays in the `isic-metadata` package, which the tests check these against);
 - one age parser (`parse_age`), used for binning raw ages and for writing ISIC's `age_approx`.
 
 Plain tuples and dicts, in release order (the order the schemas list them in); no imports from the rest of the
@@ -130,9 +133,9 @@ LOCALIZATION_OF = accepted(LOCALIZATIONS, LOCALIZATION_SYNONYMS)
 # ------------------------------------------------------------------------------------------------ ISIC Archive
 
 # The HAM10000 -> ISIC mappings, as in the archive's export of the HAM10000 collection (see pipeline/isic_export.py
-# for how they were derived and checked). An ISIC diagnosis hierarchy would hang off these too.
+# for how they were derived and checked). The diagnosis hierarchy the archive uses today follows below them.
 
-# dx -> (diagnosis, benign_malignant, melanocytic)
+# dx -> (diagnosis, benign_malignant, melanocytic): the flat diagnosis of the archive's older exports
 ISIC_DIAGNOSIS = {
     "akiec": ("actinic keratosis", "", "False"),
     "bcc": ("basal cell carcinoma", "", "False"),
@@ -199,3 +202,89 @@ DX_TYPE_FROM_ISIC = one_to_one_inverse({dx_type: confirm for dx_type, (confirm, 
 SITE_FROM_ISIC = {**{site: site for site in ISIC_SITE.values() if site in LOCALIZATIONS},
                   **one_to_one_inverse(ISIC_SITE)}
 IMAGE_TYPE_FROM_ISIC = one_to_one_inverse(ISIC_IMAGE_TYPE)
+
+
+# ------------------------------------------------------------------------------------------------ ISIC hierarchy
+
+# Today the archive's `diagnosis` is a node of its diagnosis hierarchy: up to five levels joined by ':'
+# ("Benign:Benign melanocytic proliferations:Nevus:Nevus, NOS, Junctional"); an export (isic-cli) has one column per
+# level, diagnosis_1 .. diagnosis_5. The enumeration of valid nodes belongs to the archive's own package,
+# `isic-metadata` (DiagnosisEnum; the optional extra `isic`); tests/test_isic_hierarchy.py checks every node named
+# here and in pipeline/rules/diagnoses.yaml against it, so none is copied here.
+ISIC_LEVELS = tuple(f"diagnosis_{level}" for level in range(1, 6))
+ISIC_SEPARATOR = ":"
+
+_NEVUS = "Benign:Benign melanocytic proliferations:Nevus"
+_EPIDERMAL = "Benign:Benign epidermal proliferations"
+
+# The class's node: the node of an image whose class is all that is known (a source that gives dx without a
+# report), and of a report that names no subtype. Most are the root of the class's subtree; bkl's is the archive's
+# own name for the class ("Pigmented benign keratosis", its flat diagnosis for bkl), a leaf beside seborrheic
+# keratosis, solar lentigo and lichen planus-like keratosis; akiec's subtrees share no node below the root, so its
+# node is actinic keratosis, as in the flat export.
+ISIC_CLASS_NODE = {
+    "akiec": "Indeterminate:Indeterminate epidermal proliferations:Solar or actinic keratosis",
+    "bcc": "Malignant:Malignant adnexal epithelial proliferations - Follicular:Basal cell carcinoma",
+    "bkl": f"{_EPIDERMAL}:Pigmented benign keratosis",
+    "df": "Benign:Benign soft tissue proliferations - Fibro-histiocytic:Dermatofibroma",
+    "mel": "Malignant:Malignant melanocytic proliferations (Melanoma)",
+    "nv": _NEVUS,
+    "vasc": "Benign:Benign soft tissue proliferations - Vascular",
+}
+
+# The subtrees each class covers (a node and everything below it), after the study's definition of the classes:
+# akiec is actinic keratosis and intraepithelial carcinoma (squamous cell carcinoma in situ, Bowen's disease); bkl
+# is seborrheic keratosis, solar lentigo and lichen planus-like keratosis; vasc includes hemorrhage.
+ISIC_CLASS_SUBTREES = {
+    "akiec": (ISIC_CLASS_NODE["akiec"], "Malignant:Malignant epidermal proliferations:Squamous cell carcinoma in situ"),
+    "bcc": (ISIC_CLASS_NODE["bcc"],),
+    "bkl": (ISIC_CLASS_NODE["bkl"], f"{_EPIDERMAL}:Seborrheic keratosis", f"{_EPIDERMAL}:Solar lentigo",
+            f"{_EPIDERMAL}:Lichen planus like keratosis"),
+    "df": (ISIC_CLASS_NODE["df"],),
+    "mel": (ISIC_CLASS_NODE["mel"],),
+    "nv": (_NEVUS,),
+    "vasc": (ISIC_CLASS_NODE["vasc"], "Benign:Hemorrhagic lesions"),
+}
+
+# The archive's older, flat diagnoses (as the `isic` reader meets them in older exports) -> node: each class name
+# of ISIC_DIAGNOSIS is the class's node; "squamous cell carcinoma" is what the archive calls the HAM10000 akiec
+# images that are intraepithelial carcinoma, so it reads as squamous cell carcinoma in situ.
+ISIC_NODE_FROM_FLAT = {**{names[0]: ISIC_CLASS_NODE[dx] for dx, names in ISIC_DIAGNOSIS.items()},
+                       "squamous cell carcinoma": ISIC_CLASS_SUBTREES["akiec"][1]}
+
+
+def isic_under(node: str, root: str) -> bool:
+    """Whether `node` is `root` or lies below it in the hierarchy."""
+    return node == root or node.startswith(root + ISIC_SEPARATOR)
+
+
+def isic_class_of(node: str) -> str:
+    """The class whose subtrees hold `node`, or '' (the subtrees of different classes do not overlap)."""
+    for dx, roots in ISIC_CLASS_SUBTREES.items():
+        if any(isic_under(node, root) for root in roots):
+            return dx
+    return ""
+
+
+def isic_refines(dx: str, node: str) -> bool:
+    """Whether `node` says more than class `dx` does: it lies in the class's subtrees and is not its node."""
+    return node != ISIC_CLASS_NODE[dx] and isic_class_of(node) == dx
+
+
+def isic_levels(node: str) -> dict[str, str]:
+    """diagnosis_1 .. diagnosis_5 of a node ('' below its depth), as an isic-cli export writes them."""
+    parts = node.split(ISIC_SEPARATOR) if node else []
+    if len(parts) > len(ISIC_LEVELS):
+        raise ValueError(f"diagnosis {node!r} has more than {len(ISIC_LEVELS)} levels")
+    return {column: parts[index] if index < len(parts) else "" for index, column in enumerate(ISIC_LEVELS)}
+
+
+def isic_node(levels: dict[str, str]) -> str:
+    """The node named by diagnosis_1 .. diagnosis_5 (the reverse of isic_levels; trailing empty levels dropped).
+    ValueError when a level is empty but a deeper one is not."""
+    parts = [(levels.get(column) or "").strip() for column in ISIC_LEVELS]
+    while parts and not parts[-1]:
+        parts.pop()
+    if "" in parts:
+        raise ValueError(f"{ISIC_LEVELS[parts.index('')]} is empty but a deeper level is not")
+    return ISIC_SEPARATOR.join(parts)

@@ -14,6 +14,7 @@ from pipeline.common import read_csv, write_csv
 from pipeline.ingest import CANDIDATE_COLUMNS
 from pipeline.metadata import Excluded, bin_age, build_metadata, normalise
 from pipeline.unify import load_rules
+from pipeline.vocabulary import ISIC_CLASS_NODE
 
 PARAMS = {"age_cap": 85, "ids": {"image_prefix": "ISIC_", "image_start": 9000000, "lesion_prefix": "HAM_",
                                  "lesion_start": 9000000},
@@ -67,12 +68,29 @@ def test_normalise_site(rules, given, expected):
 def test_normalise_fields(rules):
     assert normalise(raw(dx="MEL", dx_type="Histopathology", age="48"), rules, PARAMS) == {
         "dx": "mel", "dx_type": "histo", "age": "50.0", "sex": "male", "localization": "back",
-        "dataset": "vidir_modern"}
+        "dataset": "vidir_modern", "isic_diagnosis": ISIC_CLASS_NODE["mel"]}
     assert normalise(raw(dx_type="follow-up"), rules, PARAMS)["dx_type"] == "follow_up"
     unified = normalise(raw(dx="", diagnosis="Nodular melanoma, Breslow 1.2 mm"), rules, PARAMS)
     assert unified["dx"] == "mel"
     declared = normalise(raw(source="vienna", extra='{"dataset": "vienna_dias"}'), rules, PARAMS)
     assert declared["dataset"] == "vienna_dias"
+    assert unified["isic_diagnosis"] == f"{ISIC_CLASS_NODE['mel']}:Melanoma Invasive:Melanoma Invasive, Nodular"
+
+
+JUNCTIONAL = f"{ISIC_CLASS_NODE['nv']}:Nevus, NOS, Junctional"
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"dx": "nv"}, ISIC_CLASS_NODE["nv"]),  # a class and no report (the public release): the class's node
+    ({"dx": "nv", "diagnosis": "Junctional nevus"}, JUNCTIONAL),  # the report refines the class
+    ({"dx": "nv", "diagnosis": "Seborrheic keratosis"}, ISIC_CLASS_NODE["nv"]),  # a report of another class: ignored
+    ({"dx": "", "diagnosis": "Junctional nevus"}, JUNCTIONAL),
+    ({"dx": "nv", "extra": '{"isic_diagnosis": "%s"}' % JUNCTIONAL}, JUNCTIONAL),  # an isic source names the node
+    ({"dx": "nv", "diagnosis": "Compound nevus", "extra": '{"isic_diagnosis": "%s"}' % JUNCTIONAL}, JUNCTIONAL),
+    ({"dx": "bkl", "extra": '{"isic_diagnosis": "%s"}' % JUNCTIONAL}, ISIC_CLASS_NODE["bkl"]),  # not under bkl
+])
+def test_normalise_isic_diagnosis(rules, fields, expected):
+    assert normalise(raw(**fields), rules, PARAMS)["isic_diagnosis"] == expected
 
 
 @pytest.mark.parametrize("fields, reason", [
@@ -206,6 +224,15 @@ def test_build_metadata_accounts_for_every_candidate(tmp_path, scenario):
     assert all(i["image_id"] == m["image_id"] and i["lesion_id"] == m["lesion_id"] for i, m in zip(images, metadata))
     assert row_of[scenario["official"]["candidate_id"]]["image_id"] == scenario["official"]["image_id"]
     assert row_of[scenario["unified"]["candidate_id"]]["dx"] == "mel"
+    # The ISIC node travels in images.csv (metadata.csv keeps the study's columns): the report's, or the class's.
+    isic_of = {i["candidate_id"]: i["isic_diagnosis"] for i in images}
+    assert result["counts"]["isic_deeper"] == sum(node != ISIC_CLASS_NODE[m["dx"]] for node, m in
+                                                  zip((i["isic_diagnosis"] for i in images), metadata)) > 0
+    assert isic_of[scenario["unified"]["candidate_id"]].endswith(":Melanoma Invasive, Nodular")
+    for row in scenario["ok"]:
+        dx = row_of[row["candidate_id"]]["dx"]
+        assert isic_of[row["candidate_id"]] == (f"{ISIC_CLASS_NODE['nv']}:Nevus, NOS, Compound" if dx == "nv"
+                                                else ISIC_CLASS_NODE[dx])
     agree = [row_of[r["candidate_id"]] for r in scenario["agree"]]
     assert agree[0]["lesion_id"] == agree[1]["lesion_id"]
     assert [a["age"] for a in agree] == ["45.0", "45.0"]

@@ -192,3 +192,49 @@ def test_ingest_plugs_in(tmp_path, real):
             assert (by_id[image_id]["dx"], by_id[image_id]["dx_type"]) == (ham["dx"], ham["dx_type"])
     assert "anterior torso" not in {c["localization"] for c in result.candidates}
     assert {c["kind"] for c in result.candidates} == {"isic"}
+
+
+# --- today's exports: the diagnosis as one column per level of the hierarchy ---------------------------------------
+
+TODAY = {"isic_id": "ISIC_0000001", "attribution": "A", "copyright_license": "CC-0", "age_approx": "50",
+         "anatom_site_general": "posterior torso", "diagnosis_confirm_type": "histopathology",
+         "image_type": "dermoscopic", "lesion_id": "IL_0000001", "sex": "male"}
+
+
+@pytest.mark.parametrize("levels, diagnosis, node, dx", [
+    (["Benign", "Benign melanocytic proliferations", "Nevus", "Nevus, NOS, Junctional"],
+     "Benign:Benign melanocytic proliferations:Nevus:Nevus, NOS, Junctional",
+     "Benign:Benign melanocytic proliferations:Nevus:Nevus, NOS, Junctional", "nv"),
+    (["Malignant", "Malignant epidermal proliferations", "Squamous cell carcinoma in situ",
+      "Squamous cell carcinoma in situ, Bowens disease"], None, None, "akiec"),
+    (["Benign", "Benign epidermal proliferations", "Solar lentigo", "", ""], None,
+     "Benign:Benign epidermal proliferations:Solar lentigo", "bkl"),
+    # outside every class: dx stays empty and the metadata stage unifies the text (here: invasive SCC, excluded)
+    (["Malignant", "Malignant epidermal proliferations", "Squamous cell carcinoma, Invasive"], None, None, ""),
+    # a gap between levels is not a node: the text goes to the rules as it is
+    (["Benign", "", "Nevus"], "Benign::Nevus", "", ""),
+])
+def test_todays_levels_map_to_a_node_and_its_class(levels, diagnosis, node, dx):
+    row = {**TODAY, **{f"diagnosis_{n}": level for n, level in enumerate(levels, start=1)}}
+    fields = map_row(row, SITES)
+    joined = ":".join(level for level in levels if level)
+    assert fields["diagnosis"] == (diagnosis if diagnosis is not None else joined)
+    assert fields["isic_diagnosis"] == (node if node is not None else joined)
+    assert fields["dx"] == dx and fields["dx_type"] == "histo" and fields["localization"] == "back"
+
+
+def test_older_flat_diagnoses_get_their_node():
+    fields = map_row({**TODAY, "diagnosis": "squamous cell carcinoma"}, SITES)
+    assert (fields["dx"], fields["diagnosis"]) == ("akiec", "squamous cell carcinoma")
+    assert fields["isic_diagnosis"] == "Malignant:Malignant epidermal proliferations:Squamous cell carcinoma in situ"
+    assert map_row({**TODAY, "diagnosis": "seborrheic keratosis"}, SITES)["isic_diagnosis"] == ""
+
+
+def test_a_metadata_file_without_any_diagnosis_column_is_rejected(tmp_path, real):
+    root = tmp_path / "raw"
+    root.mkdir()
+    write_rows(root / "metadata.csv", list(TODAY), [TODAY])
+    (root / "ISIC_0000001.jpg").write_bytes(next(iter(real["images"].values())).read_bytes())
+    items, rejects = split(read_isic(root, {}))
+    assert items == [] and len(rejects) == 2
+    assert "metadata.csv: missing column 'diagnosis_1' (or the older 'diagnosis'; found: isic_id," in rejects[0].reason

@@ -3,8 +3,10 @@
 Layout of the source root:
   ISIC_0024306.jpg ...   one image per archive image, named by its isic_id (in the root or in subfolders)
   metadata.csv           one row per image, ISIC field names: isic_id, attribution, copyright_license,
-                         age_approx, anatom_site_general, diagnosis, diagnosis_confirm_type, image_type,
-                         lesion_id, sex (further columns such as benign_malignant are ignored)
+                         age_approx, anatom_site_general, diagnosis_confirm_type, image_type, lesion_id, sex, and
+                         the diagnosis: today one column per level of the archive's diagnosis hierarchy,
+                         diagnosis_1 .. diagnosis_5 (trailing levels may be missing or empty), in older exports a
+                         flat `diagnosis` (further columns such as benign_malignant are ignored)
   attribution.txt, licenses/
                          written by isic-cli beside the images; skipped
 
@@ -18,11 +20,18 @@ Mapping to our fields (ISIC vocabulary as in the archive's HAM10000 collection, 
 reverse of the ISIC export's, in pipeline/vocabulary.py):
   image_id        isic_id
   lesion_key      lesion_id (the archive's IL_... IDs, one to one with the release's HAM_... IDs)
-  diagnosis       the archive's diagnosis, unchanged
-  dx              nevus nv, melanoma mel, basal cell carcinoma bcc, actinic keratosis akiec,
-                  squamous cell carcinoma akiec (the release's akiec includes intraepithelial carcinoma),
-                  pigmented benign keratosis bkl, dermatofibroma df, vascular lesion vasc; any other diagnosis
-                  leaves dx empty, so the metadata stage unifies `diagnosis` or excludes the image with a reason
+  diagnosis       the archive's diagnosis: the levels joined by ':' (a node of the hierarchy, "Benign:Benign
+                  melanocytic proliferations:Nevus:Nevus, NOS, Junctional"), or the older flat value unchanged
+  isic_diagnosis  (extra field) the node: the joined levels; for an older flat diagnosis its node in
+                  vocabulary.ISIC_NODE_FROM_FLAT (each class name is its class's node, squamous cell carcinoma is
+                  squamous cell carcinoma in situ); empty when neither applies. The metadata stage keeps it as the
+                  image's ISIC diagnosis.
+  dx              the class whose subtrees hold the node (vocabulary.ISIC_CLASS_SUBTREES: Nevus and below nv,
+                  Basal cell carcinoma and below bcc, ...); for an older flat diagnosis: nevus nv, melanoma mel,
+                  basal cell carcinoma bcc, actinic keratosis akiec, squamous cell carcinoma akiec (the release's
+                  akiec includes intraepithelial carcinoma), pigmented benign keratosis bkl, dermatofibroma df,
+                  vascular lesion vasc. Any other diagnosis leaves dx empty, so the metadata stage unifies
+                  `diagnosis` (the rules read the hierarchy's words too) or excludes the image with a reason
   dx_type         diagnosis_confirm_type: histopathology histo, serial imaging showing no change follow_up,
                   single image expert consensus consensus, confocal microscopy with consensus dermoscopy
                   confocal; anything else is passed on unchanged (and excluded later with a reason)
@@ -38,7 +47,7 @@ reverse of the ISIC export's, in pipeline/vocabulary.py):
 
 Every image file ends up as an item or a reject: files no metadata row names and second copies of an image are
 rejected; so are metadata rows without an image, rows with an empty or repeated isic_id, and (the whole file) a
-metadata file with a missing column, which is named.
+metadata file with a missing column (or neither diagnosis_1 nor diagnosis), which is named.
 """
 from __future__ import annotations
 
@@ -46,14 +55,28 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from ..vocabulary import DIAGNOSIS_FROM_ISIC, DX_TYPE_FROM_ISIC, IMAGE_TYPE_FROM_ISIC
+from ..vocabulary import (DIAGNOSIS_FROM_ISIC, DX_TYPE_FROM_ISIC, IMAGE_TYPE_FROM_ISIC, ISIC_LEVELS,
+                          ISIC_NODE_FROM_FLAT, isic_class_of, isic_node)
 from ..vocabulary import SITE_FROM_ISIC as SITES  # the default of option localization_map
 from . import BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, mapping, option, read_table, text
 
-REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general", "diagnosis",
+REQUIRED_COLUMNS = ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general",
                     "diagnosis_confirm_type", "image_type", "lesion_id", "sex")
+FLAT_DIAGNOSIS = "diagnosis"  # older exports; today's have ISIC_LEVELS
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SKIPPED_FILES = {"attribution.txt"}  # isic-cli's companions of the images (and the licenses/ folder)
+
+
+def diagnosis_of(row: dict) -> tuple[str, str, str]:
+    """(diagnosis text, ISIC node or '', dx or '') of a metadata row, today's or an older export's."""
+    if any(column in row for column in ISIC_LEVELS):
+        try:
+            node = isic_node(row)
+        except ValueError:  # a gap between levels: not a node; the text goes to the rules as it is
+            return ":".join(row.get(column) or "" for column in ISIC_LEVELS).strip(":"), "", ""
+        return node, node, isic_class_of(node)
+    flat = row.get(FLAT_DIAGNOSIS, "")
+    return flat, ISIC_NODE_FROM_FLAT.get(flat.lower(), ""), DIAGNOSIS_FROM_ISIC.get(flat.lower(), "")
 
 
 @dataclass(frozen=True)
@@ -66,14 +89,14 @@ class IsicOptions(SourceOptions):
 
 def map_row(row: dict, sites: dict) -> dict:
     """Our fields from one row of ISIC metadata (values already stripped)."""
-    diagnosis = row["diagnosis"]
+    diagnosis, node, dx = diagnosis_of(row)
     confirm = row["diagnosis_confirm_type"]
     site = row["anatom_site_general"]
     return {
         "image_id": row["isic_id"],
         "lesion_key": row["lesion_id"],
         "diagnosis": diagnosis,
-        "dx": DIAGNOSIS_FROM_ISIC.get(diagnosis.lower(), ""),
+        "dx": dx,
         "dx_type": DX_TYPE_FROM_ISIC.get(confirm.lower(), confirm),
         "age": row["age_approx"],
         "sex": row["sex"],
@@ -84,13 +107,17 @@ def map_row(row: dict, sites: dict) -> dict:
         "image_type": row["image_type"],
         "attribution": row["attribution"],
         "license": row["copyright_license"],
+        "isic_diagnosis": node,
     }
 
 
 def read_metadata(root: Path, name: str, sites: dict) -> tuple[dict[str, tuple[int, dict]], list[Reject], str]:
     """isic_id -> (row number, fields), the rejected rows, and why the whole file is unusable ('' if usable)."""
     try:
-        _, rows = read_table(root, name, REQUIRED_COLUMNS)
+        header, rows = read_table(root, name, REQUIRED_COLUMNS)
+        if ISIC_LEVELS[0] not in header and FLAT_DIAGNOSIS not in header:
+            raise BadTable(f"{name}: missing column '{ISIC_LEVELS[0]}' (or the older '{FLAT_DIAGNOSIS}'; "
+                           f"found: {', '.join(header)})")
     except BadTable as error:
         return {}, [Reject(name, "", str(error))], str(error)
 
