@@ -100,7 +100,7 @@ def test_release_comes_out_with_official_ids_fields_and_bytes(tmp_path, ham_data
         assert item.fields["lesion_key"] == row["lesion_id"] and row["lesion_id"].startswith("HAM_")
         for column in ("dx", "dx_type", "age", "sex", "localization"):
             assert item.fields[column] == row[column], (image_id, column)
-        assert item.fields["split_hint"] == ""
+        assert item.fields["split_hint"] == "train"  # the study's split, as published
         assert item.fields["image_type_hint"] == "dsc"
         assert item.origin in ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
         assert item.member.endswith(f"{image_id}.jpg")

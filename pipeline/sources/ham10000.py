@@ -21,11 +21,14 @@ Options (all file names relative to the source root):
                      release's vocabulary become `unknown`, the raw site is kept as an extra field). Without it each test image is its own lesion, key `test/<image_id>`, and
                      the test images carry no dx_type (the ground truth has none).
   max_member_bytes:  zip members larger than this are rejected unread (default 256 MiB; zip bombs)
+  train_split:       the split hint of the training images (default `train`, the study's split: the 10015
+                     training images train, the ISIC 2018 test images test); empty lets the split stage deal the
+                     training lesions out by `split.test_fraction` / `val_fraction` like any other source's
 
 Fields: the official IDs are kept (image_id = ISIC_..., lesion_key = HAM_...); dx, dx_type, age, sex and
 localization exactly as in the CSV; `dataset` (newer edition) as an extra field; image_type_hint `dsc` (the
-release holds dermoscopic images only); split_hint `test` for the official test set and empty for the training
-images, so our own split decides (the Dataverse release does not separate the 193 validation images).
+release holds dermoscopic images only); split_hint `test` for the official test set and `train` (option
+`train_split`) for the training images, so the release keeps the published split.
 
 Zip members are read into memory, never extracted. Every member other than a directory entry ends up as one item
 or one reject: unsafe names (absolute, `..`), non-image files (`__MACOSX/`, `.DS_Store`, `LICENSE.txt`), images no
@@ -105,7 +108,7 @@ class Catalogue:
         return None
 
 
-def ham_catalogue(root: Path, name: str) -> tuple[Catalogue, list[Reject]]:
+def ham_catalogue(root: Path, name: str, train_split: str = "train") -> tuple[Catalogue, list[Reject]]:
     catalogue, rejects = Catalogue(name), []
     try:
         header, rows = read_table(root, name, METADATA_COLUMNS)
@@ -116,7 +119,7 @@ def ham_catalogue(root: Path, name: str) -> tuple[Catalogue, list[Reject]]:
         fields = {"lesion_key": row["lesion_id"], "image_id": row["image_id"], "dx": row["dx"],
                   "dx_type": row["dx_type"], "age": row["age"], "sex": row["sex"],
                   "localization": row["localization"], "diagnosis": "", "visit_date": "", "image_type_hint": "dsc",
-                  "split_hint": ""}
+                  "split_hint": train_split}
         if "dataset" in header:
             fields["dataset"] = row["dataset"]
         reject = catalogue.add(number, row["image_id"], fields)
@@ -293,7 +296,8 @@ def read_ham10000(root: Path, options: dict) -> Iterator[Union[RawItem, Reject, 
     zip_names = list(options.get("zips") or DEFAULT_ZIPS)
     seen: dict[str, str] = {}  # image_id -> where its first copy was found, across all zips
 
-    catalogue, rejects = ham_catalogue(root, options.get("metadata", DEFAULT_METADATA))
+    catalogue, rejects = ham_catalogue(root, options.get("metadata", DEFAULT_METADATA),
+                                       str(options.get("train_split", "train") or ""))
     yield from rejects
     yield from read_zips(root, zip_names, catalogue, seen, max_bytes)
 
