@@ -1,80 +1,44 @@
-"""`ham diff REV_A REV_B` in a real git + DVC repository: two tagged releases built by `build_release` from real
-images, one with an image added, one removed, one relabelled, one with other metadata changed; a third revision
-moves a lesion to the other split. Read from git and the DVC cache, then from the remote once the cache is gone."""
+"""Tagged releases in a real git + DVC repository (built by `build_release` from real images, pushed to a folder
+remote): v2 has one image added, one removed, one relabelled and one with other metadata changed; tag `moved`
+moves a lesion to the other split.
+
+`ham diff` reads them from git and the DVC cache, then from the remote once the cache is gone; the PyTorch
+`ReleaseDataset` loads a release folder, one split, and a tag of the repository through dvc.api; the README's
+five-line example runs."""
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.common import read_csv, write_csv
-from pipeline.metadata import METADATA_COLUMNS
-from pipeline.release import build_release
-from tests.pipeline_repo import run
+from pipeline.common import read_csv
+from tests.release_repo import commit_release, init_release_repo, sample_rows, sh
 
 pytestmark = pytest.mark.real_data
 
-PARAMS = {"isic_attribution": "ViDIR Group", "isic_license": "CC-BY-NC", "attribution": "Tschandl et al. 2018",
-          "license": "CC BY-NC 4.0", "version": "1"}
-IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint")
-
-
-def stage_inputs(folder: Path, rows: list[dict], ham_data: Path, split_of: dict[str, str]) -> None:
-    """metadata.csv, images.csv, splits.csv and standardised images for `rows` in `folder` (the stage's inputs)."""
-    (folder / "std").mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        shutil.copyfile(ham_data / "ham10000" / "images" / f"{row['image_id']}.jpg", folder / "std" / f"{row['image_id']}.jpg")
-    write_csv(folder / "metadata.csv", sorted(rows, key=lambda r: (r["lesion_id"], r["image_id"])), METADATA_COLUMNS)
-    write_csv(folder / "images.csv", ({"image_id": r["image_id"], "lesion_id": r["lesion_id"],
-                                       "file": f"{r['image_id']}.jpg"} for r in rows), IMAGES_COLUMNS)
-    write_csv(folder / "splits.csv", ({"lesion_id": l, "split": s} for l, s in sorted(split_of.items())),
-              ("lesion_id", "split"))
-
-
 @pytest.fixture(scope="module")
 def repo(ham_data, tmp_path_factory):
-    """A git + DVC repository whose `release` stage output is committed at tags v1, v2 and at a branch 'moved'."""
+    """A git + DVC repository whose `release` stage output is committed at tags v1, v2 and `moved`."""
     root = tmp_path_factory.mktemp("diff") / "repo"
-    root.mkdir()
-    truth = read_csv(ham_data / "ham10000" / "metadata" / "HAM10000_metadata_with_dataset_DERIVED.csv")
-    wanted = {r["image_id"] for r in read_csv(ham_data / "ham10000" / "images_manifest.csv")}
-    rows = sorted((r for r in truth if r["image_id"] in wanted), key=lambda r: r["image_id"])[:60]
+    rows = sample_rows(ham_data)
     lesions = sorted({r["lesion_id"] for r in rows})
     split_of = {l: ("test" if i % 4 == 0 else "train") for i, l in enumerate(lesions)}
-    run(["git", "init", "-q"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "remote", "add", "-d", "store", str(root.parent / "storage")], root)
-    (root / "build.py").write_text(
-        "import sys\nfrom pathlib import Path\nfrom pipeline.release import build_release\n"
-        f"build_release(Path('in/metadata.csv'), Path('in/images.csv'), Path('in/splits.csv'), Path('in/std'), "
-        f"{PARAMS!r}, Path('release'), Path('summary.json'))\n")
-    (root / "dvc.yaml").write_text("stages:\n  release:\n    cmd: python build.py\n    deps: [in, build.py]\n"
-                                   "    outs: [release]\n    metrics: [{summary.json: {cache: false}}]\n")
-
-    def commit(tag: str, version_rows: list[dict], splits: dict) -> None:
-        if (root / "in").exists():
-            shutil.rmtree(root / "in")
-        stage_inputs(root / "in", version_rows, ham_data, splits)
-        run(["dvc", "repro", "-q"], root)
-        run(["git", "add", "-A"], root)
-        run(["git", "commit", "-q", "-m", tag], root)
-
-    commit("v1", rows[:-1], split_of)
-    run(["git", "tag", "v1"], root)
+    init_release_repo(root)
+    sh(["dvc", "remote", "add", "-d", "store", str(root.parent / "storage")], root)
+    commit_release(root, rows[:-1], split_of, ham_data, "v1", tag="v1")
     changed = [dict(r) for r in rows[1:]]  # rows[0] removed, rows[-1] added
     relabelled, aged = changed[3], changed[7]
     relabelled["dx"], relabelled["dx_type"] = ("mel" if relabelled["dx"] != "mel" else "nv"), "histo"
     aged["age"] = "85.0" if aged["age"] != "85.0" else "80.0"
-    commit("v2", changed, split_of)
-    run(["git", "tag", "v2"], root)
+    commit_release(root, changed, split_of, ham_data, "v2", tag="v2")
     moved_lesion = next(l for l in lesions if split_of[l] == "test" and l in {r["lesion_id"] for r in changed})
-    commit("moved", changed, {**split_of, moved_lesion: "train"})
-    run(["git", "tag", "moved"], root)
-    run(["dvc", "push", "-q", "--all-commits"], root)
+    commit_release(root, changed, {**split_of, moved_lesion: "train"}, ham_data, "moved", tag="moved")
+    sh(["dvc", "push", "-q", "--all-commits"], root)
     return {"root": root, "rows": rows, "relabelled": relabelled, "aged": aged, "moved": moved_lesion,
             "split_of": split_of}
 
@@ -128,8 +92,56 @@ def test_bad_revision_and_kind_are_one_line(repo):
 def test_diff_reads_the_remote_when_the_cache_is_gone(repo, tmp_path):
     """A fresh clone has no DVC cache: the manifests and metadata come from the remote, images are not fetched."""
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(repo["root"]), str(clone)], tmp_path)
+    sh(["git", "clone", "-q", str(repo["root"]), str(clone)], tmp_path)
     result = invoke("diff", "v1", "v2", "--repo", str(clone), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["relabelled"][0]["image_id"] == repo["relabelled"]["image_id"]
     assert not (clone / "release").exists()  # nothing checked out
+
+
+def test_dataset_over_a_release_folder_and_one_split(repo):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pipeline.loader import CLASSES, ReleaseDataset, to_tensor
+
+    release = repo["root"] / "release"  # the workspace holds the last built release
+    everything = ReleaseDataset(release)
+    test = ReleaseDataset(release / "test")
+    train = ReleaseDataset(release, split="train")
+    listed = sum(bool(r["image_id"]) for r in read_csv(release / "manifest.csv"))
+    assert len(everything) == len(train) + len(test) == listed
+    image, label, row = test[0]
+    expected = read_csv(release / "test" / "metadata.csv")[0]
+    assert row == {**expected, "split": "test"} and label == CLASSES.index(expected["dx"])
+    assert image.mode == "RGB" and image.size == (600, 450)
+    assert {r["split"] for _, _, r in train} == {"train"}
+    batch = next(iter(DataLoader(ReleaseDataset(release / "test", transform=to_tensor), batch_size=4)))
+    images, labels, rows = batch
+    assert images.shape == (4, 3, 450, 600) and images.dtype == torch.float32 and float(images.max()) <= 1.0
+    assert labels.tolist() == [CLASSES.index(dx) for dx in rows["dx"]]
+    with pytest.raises(FileNotFoundError, match="no split"):
+        ReleaseDataset(repo["root"] / ".dvc")
+
+
+def test_dataset_from_a_git_tag_fetches_only_what_it_reads(repo, tmp_path):
+    from pipeline.loader import ReleaseDataset
+
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo["root"]), str(clone)], tmp_path)
+    test = ReleaseDataset.from_git(str(clone), rev="v1", split="test")
+    v1_test = [r for r in repo["rows"][:-1] if repo["split_of"][r["lesion_id"]] == "test"]
+    assert sorted(r["image_id"] for r in test.rows) == sorted(r["image_id"] for r in v1_test)
+    image, label, row = test[len(test) - 1]
+    assert image.size == (600, 450) and row["split"] == "test"
+    assert not (clone / "release").exists()
+
+
+def test_readme_example_runs(repo, repo_root, tmp_path):
+    text = (repo_root / "README.md").read_text()
+    start = text.index("<!-- loader-example -->")
+    code = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 5
+    shutil.copytree(repo["root"] / "release", tmp_path / "release")
+    result = sh([sys.executable, "-c", code], tmp_path)
+    assert "torch.Size([8, 3, 450, 600])" in result.stdout, result.stdout
