@@ -237,6 +237,23 @@ def diff(rev_a, rev_b, repo, as_json, fail_on):
         sys.exit(1)
 
 
+@main.command()
+@PARAMS_OPTION
+@click.option("--release", "release_dir", default="release", show_default=True, help="The release folder.")
+@click.option("--dry-run", is_flag=True, help="Run every check, make no tag.")
+@friendly_errors
+def tag(params_path, release_dir, dry_run):
+    """Check the release is built with params `release.version`, matches its manifest, the pipeline is up to date
+    and everything is committed; then make the annotated git tag v<version>."""
+    from .tagging import tag_release
+
+    result = tag_release(params_path.parent, load_params(params_path, "release"), release_dir, dry_run)
+    if result["created"]:
+        click.echo(f"tagged {result['tag']} at {result['commit'][:10]}; now `dvc push` and `git push --follow-tags`")
+    else:
+        click.echo(f"all checks pass: `ham tag` would tag {result['tag']} at {result['commit'][:10]}")
+
+
 from .unify import unify_command  # noqa: E402  (registered after the stage commands, for --help order)
 from .validate import validate_command  # noqa: E402
 

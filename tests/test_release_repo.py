@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.common import read_csv
+from pipeline.common import read_csv, sha256_file
 from tests.release_repo import commit_release, init_release_repo, sample_rows, sh
 
 pytestmark = pytest.mark.real_data
@@ -145,3 +145,39 @@ def test_readme_example_runs(repo, repo_root, tmp_path):
     shutil.copytree(repo["root"] / "release", tmp_path / "release")
     result = sh([sys.executable, "-c", code], tmp_path)
     assert "torch.Size([8, 3, 450, 600])" in result.stdout, result.stdout
+
+
+def test_tag_checks_before_tagging(repo, tmp_path):
+    """`ham tag` in a copy of the repository: refuses while something is uncommitted, the version differs from
+    the built one or a file differs from the manifest; then tags with the manifest's sha256 in the message."""
+    import os
+
+    copy = tmp_path / "copy"
+    shutil.copytree(repo["root"], copy, symlinks=True)
+    (copy / "params.yaml").write_text("release:\n  version: '3'\n")
+    cwd = os.getcwd()
+    os.chdir(copy)
+    try:
+        runner = CliRunner()
+        result = runner.invoke(main, ["tag"])
+        assert result.exit_code == 1 and "built as version '1', params.yaml says '3'" in result.output
+        (copy / "params.yaml").write_text("release:\n  version: '1'\n")
+        result = runner.invoke(main, ["tag"])
+        assert result.exit_code == 1 and "tag v1 exists already" in result.output
+        sh(["git", "tag", "-d", "v1"], copy)
+        result = runner.invoke(main, ["tag"])
+        assert result.exit_code == 1 and "uncommitted changes" in result.output and "params.yaml" in result.output
+        sh(["git", "add", "params.yaml"], copy)
+        sh(["git", "commit", "-q", "-m", "version"], copy)
+        assert "all checks pass" in runner.invoke(main, ["tag", "--dry-run"]).output
+        result = runner.invoke(main, ["tag"])
+        assert result.exit_code == 0 and result.output.startswith("tagged v1 at"), result.output
+        message = sh(["git", "tag", "-l", "--format=%(contents)", "v1"], copy).stdout
+        assert f"manifest.csv sha256 {sha256_file(copy / 'release' / 'manifest.csv')}" in message
+        images = sorted((copy / "release" / "test" / "images").iterdir())
+        images[0].write_bytes(b"altered")
+        sh(["git", "tag", "-d", "v1"], copy)
+        result = runner.invoke(main, ["tag"])
+        assert result.exit_code == 1 and "differ from the manifest" in result.output
+    finally:
+        os.chdir(cwd)
