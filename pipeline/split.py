@@ -45,7 +45,9 @@ def assign_splits(metadata_csv: Path, images_csv: Path, params: dict, registry_c
             raise PipelineError(f"lesion {lesion_id}: split hint {split!r} is not one of {', '.join(SPLITS)}")
         if lesion_id in existing and existing[lesion_id] != split:
             raise PipelineError(f"lesion {lesion_id} is in {existing[lesion_id]} in registry/splits.csv; the source "
-                                f"now puts it in {split}: lesions never move between splits")
+                                f"now puts it in {split}: lesions never move between splits (a ham10000 source "
+                                f"whose training lesions were dealt out before keeps that with option "
+                                f"train_split: '')")
         assignment[lesion_id] = split
 
     by_class = defaultdict(list)
