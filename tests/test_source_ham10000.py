@@ -118,6 +118,14 @@ def test_release_comes_out_with_official_ids_fields_and_bytes(tmp_path, ham_data
     assert {item.fields["dx"] for item in items} == {c.lower() for c in CLASSES}
 
 
+def test_train_split_option_leaves_the_training_images_to_the_split_stage(tmp_path, ham_data):
+    built = build_release(tmp_path / "raw", ham_data)
+    items, _ = split(read_ham10000(tmp_path / "raw", {"train_split": ""}))
+    hints = {i.fields["image_id"]: i.fields["split_hint"] for i in items}
+    assert {hints[image_id] for image_id in built["train"]} == {""}
+    assert {hints[image_id] for image_id in built["test"]} == {"test"}
+
+
 def test_test_metadata_gives_lesion_ids_and_confirm_type(tmp_path, ham_data):
     build_release(tmp_path / "raw", ham_data)
     _, archive_rows = read_rows(ham_data / "ham10000" / "metadata" / "ISIC_archive_HAM10000_collection_metadata.csv")
