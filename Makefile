@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo repro test bench validate clean-demo
+.PHONY: demo repro test bench bench-diff validate clean-demo
 
 # torch: on a machine without an NVIDIA GPU, install the CPU build (2.13.0 lies on this kind of machine's disk)
 # before the project, whose range it satisfies; with a GPU, pip resolves the CUDA build from the range.
@@ -39,3 +39,6 @@ clean-demo:
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.bench_ingest
+
+bench-diff: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.bench_diff

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import PipelineError
+from .common import PipelineError, load_params
 
 # Every module imported here at the top is a code dependency of every stage in dvc.yaml: stage and validation
 # modules are imported inside the commands that use them.
@@ -201,7 +201,7 @@ def release(params_path, metadata_csv, images, splits, standardised, out, summar
     from .release import build_release, format_summary
 
     summary = build_release(metadata_csv, images, splits, standardised, section(params_path, "release"), out,
-                            summary_json)
+                            summary_json, all_params=load_params(params_path))
     click.echo(format_summary(summary))
 
 
@@ -209,12 +209,67 @@ def release(params_path, metadata_csv, images, splits, standardised, out, summar
 @click.argument("summary_json", type=click.Path(path_type=Path), default="metrics/release.json")
 @friendly_errors
 def summary(summary_json):
-    """Print a release's counts per split and class (from its summary file)."""
-    from .release import format_summary
+    """Print a release's counts per split and class, from its summary file (metrics/release.json), its
+    release.json, or a release folder."""
+    from .release import format_summary, read_summary
 
-    if not summary_json.exists():
-        raise PipelineError(f"{summary_json}: not found; run `dvc repro` first")
-    click.echo(format_summary(json.loads(summary_json.read_text())))
+    click.echo(format_summary(read_summary(summary_json)))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), default="release")
+@click.option("--size-only", is_flag=True, help="Compare sizes only, not sha256 (fast first look).")
+@friendly_errors
+def verify(path, size_only):
+    """Check every file of a release, or of one split folder, against its manifest.csv: missing, altered and
+    extra files are named; exit 1 on any."""
+    from .verify import format_report, verify as run
+
+    report = run(path, hashes=not size_only)
+    click.echo(format_report(report))
+    if report.problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("rev_a")
+@click.argument("rev_b")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True,
+              help="The git + DVC repository holding both revisions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full comparison as JSON.")
+@click.option("--fail-on", default="", help="Comma-separated kinds that make the command exit 1 (for CI): "
+                                           "split-move, relabel, added, removed, metadata, content.")
+@friendly_errors
+def diff(rev_a, rev_b, repo, as_json, fail_on):
+    """Compare the releases of two git revisions or tags: images added and removed, relabelled (dx, dx_type),
+    other metadata changes, lesions that moved split, per-class counts; read from git and the DVC cache, no
+    images checked out."""
+    from .diff import diff_revisions, format_diff, parse_fail_on
+
+    kinds = parse_fail_on(fail_on)
+    result = diff_revisions(repo, rev_a, rev_b)
+    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_diff(result))
+    failed = [kind for kind in kinds if result[kind]]
+    if failed:
+        click.echo(f"diff: {', '.join(f'{len(result[k])} {k}' for k in failed)} (--fail-on)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@PARAMS_OPTION
+@click.option("--release", "release_dir", default="release", show_default=True, help="The release folder.")
+@click.option("--dry-run", is_flag=True, help="Run every check, make no tag.")
+@friendly_errors
+def tag(params_path, release_dir, dry_run):
+    """Check the release is built with params `release.version`, matches its manifest, the pipeline is up to date
+    and everything is committed; then make the annotated git tag v<version>."""
+    from .tagging import tag_release
+
+    result = tag_release(params_path.parent, load_params(params_path, "release"), release_dir, dry_run)
+    if result["created"]:
+        click.echo(f"tagged {result['tag']} at {result['commit'][:10]}; now `dvc push` and `git push --follow-tags`")
+    else:
+        click.echo(f"all checks pass: `ham tag` would tag {result['tag']} at {result['commit'][:10]}")
 
 
 @main.command("validate")

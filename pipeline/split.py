@@ -1,9 +1,11 @@
 """Stage `split`: lesions -> train / val / test, lesion-disjoint and stable across releases.
 
 `registry/splits.csv` (committed, append-only) holds every lesion's split: a lesion assigned once never moves.
-New lesions with a source-given split (the official ISIC 2018 test set) take it; the rest are dealt out per
-diagnosis class in a seeded hash order, each to the split furthest below its target share of that class's
-images, so classes stay balanced across splits and the result does not depend on row order.
+Lesions with a source-given split (`split_hint`: a `ham10000` source puts its training images in train and the
+ISIC 2018 test images in test, as published) take it. The other lesions are dealt out per diagnosis class in a
+seeded hash order, each to the split furthest below its target share (`test_fraction`, `val_fraction`) of that
+class's images *among the lesions no source places*, so classes stay balanced across splits, the published split
+does not skew the others, and the result does not depend on row order.
 """
 from __future__ import annotations
 
@@ -43,12 +45,15 @@ def assign_splits(metadata_csv: Path, images_csv: Path, params: dict, registry_c
             raise PipelineError(f"lesion {lesion_id}: split hint {split!r} is not one of {', '.join(SPLITS)}")
         if lesion_id in existing and existing[lesion_id] != split:
             raise PipelineError(f"lesion {lesion_id} is in {existing[lesion_id]} in registry/splits.csv; the source "
-                                f"now puts it in {split}: lesions never move between splits")
+                                f"now puts it in {split}: lesions never move between splits (a ham10000 source "
+                                f"whose training lesions were dealt out before keeps that with option "
+                                f"train_split: '')")
         assignment[lesion_id] = split
 
     by_class = defaultdict(list)
     for lesion_id, dx in lesion_dx.items():
-        by_class[dx].append(lesion_id)
+        if lesion_id not in lesion_hint:  # placed by its source: outside the shares the others are dealt by
+            by_class[dx].append(lesion_id)
     for dx, lesion_ids in sorted(by_class.items()):
         total = sum(lesion_size[l] for l in lesion_ids)
         count = Counter()

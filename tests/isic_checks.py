@@ -19,7 +19,7 @@ def check_isic_outputs(release: Path) -> dict[str, dict[str, int]]:
     that diagnosis lies under the row's HAM10000 class; the archive's validator (where installed) accepts both.
     Returns {split: {"rows": n, "deeper": rows whose node is more specific than their class}}."""
     counts = {}
-    for split_dir in sorted(p for p in Path(release).iterdir() if p.is_dir()):
+    for split_dir in sorted(p for p in Path(release).iterdir() if p.is_dir() and p.name in ("train", "val", "test")):
         rows = _rows(split_dir / "metadata.csv")
         contribution = _rows(split_dir / CONTRIBUTION_CSV)
         export = _rows(split_dir / ISIC_CLI_CSV)

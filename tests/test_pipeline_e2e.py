@@ -34,7 +34,7 @@ def check_release(repo: Path) -> dict[str, list[dict]]:
         data = (release / row["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == int(row["bytes"]), row["path"]
     rows = {}
-    for split_dir in sorted(p for p in release.iterdir() if p.is_dir()):
+    for split_dir in sorted(p for p in release.iterdir() if p.is_dir() and p.name in ("train", "val", "test")):
         assert validate_csv(split_dir / "metadata.csv") == []
         rows[split_dir.name] = read_rows(split_dir / "metadata.csv")
         images = sorted(p.stem for p in (split_dir / "images").iterdir())

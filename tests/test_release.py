@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import read_csv, sha256_file, write_csv
+from pipeline.common import read_csv, sha256_file, stable_hash, write_csv
 from pipeline.metadata import METADATA_COLUMNS
 from pipeline.release import build_release, format_summary
 from pipeline.split import assign_splits
+from pipeline.validate import validate_csv
 
 pytestmark = pytest.mark.real_data
 
 PARAMS = {"isic_attribution": "ViDIR Group, Department of Dermatology, Medical University of Vienna",
           "isic_license": "CC-BY-NC", "attribution": "Tschandl P, Rosendahl C, Kittler H. Sci. Data 5, 180161 (2018).",
-          "license": "CC BY-NC 4.0"}
+          "license": "CC BY-NC 4.0", "version": "9.9"}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,32 @@ def test_release_layout_manifest_and_summary(tmp_path, inputs):
                                                                      row["dx"])
     assert {m["split"] for m in manifest if m["path"].endswith("metadata.csv")} == {"train", "test"}
 
+    # Each split carries its own manifest (paths relative to the split folder), listed in the top-level one.
+    for split in ("train", "test"):
+        own = read_csv(release / split / "manifest.csv")
+        on_disk = {p.relative_to(release / split).as_posix() for p in (release / split).rglob("*") if p.is_file()}
+        assert {m["path"] for m in own} == on_disk - {"manifest.csv"}
+        assert {m["split"] for m in own} == {split}
+        top = {m["path"]: m for m in manifest}
+        for entry in own:
+            assert top[f"{split}/{entry['path']}"] == {**entry, "path": f"{split}/{entry['path']}"}
+        assert f"{split}/manifest.csv" in top
+    assert validate_csv(release / "manifest.csv") == [] and validate_csv(release / "train" / "manifest.csv") == []
+
+    # release.json: version, code version, params hash, input hashes; no timestamp, no git revision.
+    header = json.loads((release / "release.json").read_text())
+    assert header["version"] == "9.9" and header["summary"] == summary and header["format"] == 2
+    assert header["params_sha256"]["release"] == stable_hash(PARAMS)
+    assert header["inputs_sha256"]["metadata.csv"] == sha256_file(inputs["root"] / "metadata.csv")
+
+    # The data card: citation, licence, counts; its plots are PNGs listed in the manifest.
+    card = (release / "CARD.md").read_text()
+    assert PARAMS["attribution"] in card and "CC BY-NC 4.0" in card
+    assert f"| all | {len(rows)} | {summary['lesions']} |" in card
+    for name in ("class_distribution", "dx_type_per_class", "contact_sheet"):
+        assert f"card/{name}.png" in card
+        assert (release / "card" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     # Summary: counts per split and class.
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert summary["images"] == len(rows)
@@ -98,7 +125,9 @@ def test_release_layout_manifest_and_summary(tmp_path, inputs):
         split_rows = [r for r in rows if split_of[r["lesion_id"]] == split]
         assert summary["splits"][split] == {
             "images": len(split_rows), "lesions": len({r["lesion_id"] for r in split_rows}),
-            "dx": dict(sorted(Counter(r["dx"] for r in split_rows).items()))}
+            "dx": dict(sorted(Counter(r["dx"] for r in split_rows).items())),
+            "dx_type": dict(sorted(Counter(r["dx_type"] for r in split_rows).items())),
+            "dataset": dict(sorted(Counter(r["dataset"] for r in split_rows).items()))}
     assert sum(s["images"] for s in summary["splits"].values()) == len(rows)
     text = format_summary(summary)
     assert f"{len(rows)} images" in text and "train" in text and "test" in text
@@ -107,8 +136,11 @@ def test_release_layout_manifest_and_summary(tmp_path, inputs):
 def test_release_is_deterministic(tmp_path, inputs):
     build(inputs, tmp_path / "one")
     build(inputs, tmp_path / "two")
-    for name in ("manifest.csv", "train/metadata.csv", "test/metadata.csv", "ATTRIBUTION.md"):
-        assert (tmp_path / "one" / "release" / name).read_bytes() == (tmp_path / "two" / "release" / name).read_bytes()
+    one, two = tmp_path / "one" / "release", tmp_path / "two" / "release"
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
+    for name in files:  # images, manifests, card text and plots, release.json: all byte for byte
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
     assert (tmp_path / "one" / "summary.json").read_bytes() == (tmp_path / "two" / "summary.json").read_bytes()
 
 
@@ -118,3 +150,56 @@ def test_rebuild_replaces_stale_files(tmp_path, inputs):
     stale.write_bytes(b"left over from an older release")
     build(inputs, tmp_path)
     assert not stale.exists()
+
+
+def test_verify_names_missing_altered_and_extra_files(tmp_path, inputs):
+    """`ham verify` on a release and on one split copied alone (as `dvc get ... release/test` brings it)."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    build(inputs, tmp_path)
+    release = tmp_path / "release"
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(release)])
+    assert result.exit_code == 0 and "all" in result.output and "(release 9.9)" in result.output, result.output
+    test_only = tmp_path / "fetched-test"
+    shutil.copytree(release / "test", test_only)
+    assert runner.invoke(main, ["verify", str(test_only)]).exit_code == 0
+
+    images = sorted((test_only / "images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:-1] + b"\x00")  # same size, other bytes
+    images[1].unlink()
+    (test_only / "images" / "ISIC_0000001.jpg").write_bytes(b"not in any manifest")
+    (test_only / "metadata.csv").write_text("lesion_id\n")
+    result = runner.invoke(main, ["verify", str(test_only)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert f"altered: images/{images[0].name} (sha256 differs from the manifest)" in lines
+    assert f"missing: images/{images[1].name}" in lines
+    assert "extra: images/ISIC_0000001.jpg (not in the manifest)" in lines
+    assert any(line.startswith("altered: metadata.csv (") and "bytes, manifest says" in line for line in lines)
+    assert lines[-1].endswith("1 extra, 1 missing") and "2 altered" in lines[-1]
+
+    # The top-level manifest sees a change inside a split too; a folder without a manifest is one clear line.
+    (release / "train" / "metadata.csv").write_text("changed\n")
+    result = runner.invoke(main, ["verify", str(release)])
+    assert result.exit_code == 1 and "altered: train/metadata.csv" in result.output
+    result = runner.invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and "manifest.csv (not found" in result.output and "Traceback" not in result.output
+
+
+def test_summary_reads_summaries_and_refuses_a_csv_in_one_line(tmp_path, inputs):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    summary = build(inputs, tmp_path)
+    runner = CliRunner()
+    for path in (tmp_path / "summary.json", tmp_path / "release" / "release.json", tmp_path / "release"):
+        result = runner.invoke(main, ["summary", str(path)])
+        assert result.exit_code == 0 and result.output.startswith(f"release: {summary['images']} images")
+        assert result.output.index("\ntrain") < result.output.index("\ntest")  # splits in train, val, test order
+    result = runner.invoke(main, ["summary", str(tmp_path / "release" / "manifest.csv")])
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+    assert len(result.output.strip().splitlines()) == 1 and "not a release summary" in result.output

@@ -100,7 +100,7 @@ def test_release_comes_out_with_official_ids_fields_and_bytes(tmp_path, ham_data
         assert item.fields["lesion_key"] == row["lesion_id"] and row["lesion_id"].startswith("HAM_")
         for column in ("dx", "dx_type", "age", "sex", "localization"):
             assert item.fields[column] == row[column], (image_id, column)
-        assert item.fields["split_hint"] == ""
+        assert item.fields["split_hint"] == "train"  # the study's split, as published
         assert item.fields["image_type_hint"] == "dsc"
         assert item.origin in ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
         assert item.member.endswith(f"{image_id}.jpg")
@@ -116,6 +116,14 @@ def test_release_comes_out_with_official_ids_fields_and_bytes(tmp_path, ham_data
         assert item.origin == "ISIC2018_Task3_Test_Input.zip"
 
     assert {item.fields["dx"] for item in items} == {c.lower() for c in CLASSES}
+
+
+def test_train_split_option_leaves_the_training_images_to_the_split_stage(tmp_path, ham_data):
+    built = build_release(tmp_path / "raw", ham_data)
+    items, _ = split(read_ham10000(tmp_path / "raw", {"train_split": ""}))
+    hints = {i.fields["image_id"]: i.fields["split_hint"] for i in items}
+    assert {hints[image_id] for image_id in built["train"]} == {""}
+    assert {hints[image_id] for image_id in built["test"]} == {"test"}
 
 
 def test_test_metadata_gives_lesion_ids_and_confirm_type(tmp_path, ham_data):

@@ -108,8 +108,27 @@ def test_split_hint_test_is_honoured(tmp_path, manifest):
     assign_splits(*write_tables(tmp_path, manifest, hints), PARAMS, registry)
     assignment = splits(registry)
     assert all(assignment[l] == "test" for l in lesions)
-    per_split = Counter(assignment[r["lesion_id"]] for r in manifest)
-    assert abs(per_split["test"] / len(manifest) - 0.2) < 0.04, per_split
+    # The lesions no source places are dealt by test_fraction among themselves.
+    per_split = Counter(assignment[r["lesion_id"]] for r in manifest if r["lesion_id"] not in lesions)
+    assert abs(per_split["test"] / sum(per_split.values()) - 0.2) < 0.04, per_split
+
+
+def test_published_split_is_kept_and_other_sources_are_dealt_among_themselves(tmp_path, manifest):
+    """A public release's images hinted train / test keep that split; another source's lesions are dealt out
+    by test_fraction among themselves, not skewed by the thousands of published images."""
+    lesions = sorted({r["lesion_id"] for r in manifest})
+    published = set(lesions[: len(lesions) // 2])
+    published_test = set(sorted(published)[::7])
+    hints = {r["image_id"]: ("test" if r["lesion_id"] in published_test else "train")
+             for r in manifest if r["lesion_id"] in published}
+    registry = tmp_path / "splits.csv"
+    assign_splits(*write_tables(tmp_path, manifest, hints), PARAMS, registry)
+    assignment = splits(registry)
+    for lesion in published:
+        assert assignment[lesion] == ("test" if lesion in published_test else "train")
+    others = [r for r in manifest if r["lesion_id"] not in published]
+    per_split = Counter(assignment[r["lesion_id"]] for r in others)
+    assert abs(per_split["test"] / len(others) - 0.2) < 0.05, per_split
 
 
 @pytest.mark.real_data

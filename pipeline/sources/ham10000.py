@@ -22,11 +22,14 @@ Options (all file names relative to the source root):
                      the test images carry no dx_type (the ground truth has none).
   max_member_bytes:  zip members larger than this are rejected unread (default 256 MiB; zip bombs)
   image_type:        dsc / macro / clinic for every image (every kind takes it; the release is all dsc)
+  train_split:       the split hint of the training images (default `train`, the study's split: the 10015
+                     training images train, the ISIC 2018 test images test); empty lets the split stage deal the
+                     training lesions out by `split.test_fraction` / `val_fraction` like any other source's
 
 Fields: the official IDs are kept (image_id = ISIC_..., lesion_key = HAM_...); dx, dx_type, age, sex and
 localization exactly as in the CSV; `dataset` (newer edition) as an extra field; image_type_hint `dsc` (the
-release holds dermoscopic images only); split_hint `test` for the official test set and empty for the training
-images, so our own split decides (the Dataverse release does not separate the 193 validation images).
+release holds dermoscopic images only); split_hint `test` for the official test set and `train` (option
+`train_split`) for the training images, so the release keeps the published split.
 
 Zip members are read into memory, never extracted. Every member other than a directory entry ends up as one item
 or one reject: unsafe names (absolute, `..`), non-image files (`__MACOSX/`, `.DS_Store`, `LICENSE.txt`), images no
@@ -45,8 +48,9 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 from ..vocabulary import DX_TYPE_FROM_ISIC, GROUND_TRUTH_COLUMNS as GROUND_TRUTH_CLASSES, HAM_COLUMNS
-from ..vocabulary import SITE_FROM_ISIC
-from . import BadTable, RawItem, Reject, SourceOptions, Unit, file_stamp, number, option, read_table, text, text_list
+from ..vocabulary import SITE_FROM_ISIC, SPLITS
+from . import (BadTable, RawItem, Reject, SourceOptions, Unit, choice, file_stamp, number, option, read_table, text,
+               text_list)
 
 DEFAULT_METADATA = "HAM10000_metadata.csv"
 DEFAULT_ZIPS = ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
@@ -68,6 +72,8 @@ class Ham10000Options(SourceOptions):
     test_ground_truth: str = option(DEFAULT_TEST_GROUND_TRUTH, text())
     test_metadata: str | None = option(None, text(nullable=True))
     max_member_bytes: int = option(DEFAULT_MAX_MEMBER_BYTES, number(above=0, integer=True))
+    # The training images' split hint: 'train' as published; '' lets the split stage deal them out.
+    train_split: str | None = option("train", choice(*SPLITS, ""))
 
 
 def unsafe_member_name(name: str) -> str | None:
@@ -119,7 +125,7 @@ class Catalogue:
         return None
 
 
-def ham_catalogue(root: Path, name: str) -> tuple[Catalogue, list[Reject]]:
+def ham_catalogue(root: Path, name: str, train_split: str = "train") -> tuple[Catalogue, list[Reject]]:
     catalogue, rejects = Catalogue(name), []
     try:
         header, rows = read_table(root, name, METADATA_COLUMNS)
@@ -130,7 +136,7 @@ def ham_catalogue(root: Path, name: str) -> tuple[Catalogue, list[Reject]]:
         fields = {"lesion_key": row["lesion_id"], "image_id": row["image_id"], "dx": row["dx"],
                   "dx_type": row["dx_type"], "age": row["age"], "sex": row["sex"],
                   "localization": row["localization"], "diagnosis": "", "visit_date": "", "image_type_hint": "dsc",
-                  "split_hint": ""}
+                  "split_hint": train_split}
         if "dataset" in header:
             fields["dataset"] = row["dataset"]
         reject = catalogue.add(number, row["image_id"], fields)
@@ -307,7 +313,7 @@ def read_ham10000(root: Path, options: Ham10000Options | dict) -> Iterator[Union
     max_bytes = options.max_member_bytes
     seen: dict[str, str] = {}  # image_id -> where its first copy was found, across all zips
 
-    catalogue, rejects = ham_catalogue(root, options.metadata)
+    catalogue, rejects = ham_catalogue(root, options.metadata, options.train_split or "")
     yield from rejects
     yield from read_zips(root, list(options.zips), catalogue, seen, max_bytes)
 

@@ -1,0 +1,152 @@
+"""The data card of a release: `release/CARD.md` and its plots in `release/card/`.
+
+CARD.md: citation, licence, images and lesions per split, counts per class, dx_type and dataset per split, and
+dx_type per class. Plots (PNG, drawn with matplotlib's Agg renderer and Pillow; no timestamp or software tag in the
+files, so the same release gives the same bytes):
+    card/class_distribution.png   images per class, one bar per split
+    card/dx_type_per_class.png    how each class's diagnosis was confirmed (stacked bars)
+    card/contact_sheet.png        sample images per class (the first by image ID), one row per class
+`write_card` returns the paths it wrote, relative to the release folder, for the manifest.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .common import atomic_write_bytes
+from .vocabulary import CLASS_NAMES, DX_TYPES
+
+SAMPLES_PER_CLASS = 8
+THUMB = (120, 90)
+LABEL_WIDTH = 70
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _figure_png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def class_distribution_png(by_split: dict, classes: list[str]) -> bytes:
+    from matplotlib.figure import Figure
+
+    splits = [s for s in by_split if by_split[s]]
+    figure = Figure(figsize=(8, 4))
+    axes = figure.subplots()
+    width = 0.8 / max(1, len(splits))
+    for number, split in enumerate(splits):
+        counts = Counter(r["dx"] for r in by_split[split])
+        xs = [i + (number - (len(splits) - 1) / 2) * width for i in range(len(classes))]
+        bars = axes.bar(xs, [counts.get(c, 0) for c in classes], width, label=f"{split} ({len(by_split[split])})")
+        axes.bar_label(bars, fontsize=7)
+    axes.set_xticks(range(len(classes)), classes)
+    axes.set_ylabel("images")
+    axes.set_title("Images per class and split")
+    axes.legend()
+    figure.tight_layout()
+    return _figure_png(figure)
+
+
+def dx_type_png(rows: list[dict], classes: list[str]) -> bytes:
+    from matplotlib.figure import Figure
+
+    counts = Counter((r["dx"], r["dx_type"]) for r in rows)
+    types = [t for t in DX_TYPES if any(counts[(c, t)] for c in classes)]
+    types += sorted({t for _, t in counts} - set(types))
+    figure = Figure(figsize=(8, 4))
+    axes = figure.subplots()
+    bottom = [0] * len(classes)
+    for dx_type in types:
+        heights = [counts[(c, dx_type)] for c in classes]
+        axes.bar(range(len(classes)), heights, 0.6, bottom=bottom, label=dx_type or "(none)")
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    axes.set_xticks(range(len(classes)), classes)
+    axes.set_ylabel("images")
+    axes.set_title("How each class's diagnosis was confirmed (dx_type)")
+    axes.legend()
+    figure.tight_layout()
+    return _figure_png(figure)
+
+
+def contact_sheet_png(release_dir: Path, by_split: dict, classes: list[str]) -> bytes:
+    """One row per class: the first SAMPLES_PER_CLASS images of that class by image ID, across splits."""
+    images = sorted((r["image_id"], split, r["dx"]) for split, rows in by_split.items() for r in rows)
+    picked = {c: [(i, s) for i, s, dx in images if dx == c][:SAMPLES_PER_CLASS] for c in classes}
+    sheet = Image.new("RGB", (LABEL_WIDTH + SAMPLES_PER_CLASS * (THUMB[0] + 2), len(classes) * (THUMB[1] + 2)),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for row, dx in enumerate(classes):
+        top = row * (THUMB[1] + 2)
+        draw.text((6, top + THUMB[1] // 2 - 6), dx, fill="black", font=font)
+        for column, (image_id, split) in enumerate(picked[dx]):
+            with Image.open(release_dir / split / "images" / f"{image_id}.jpg") as image:
+                thumb = image.convert("RGB").resize(THUMB, Image.BILINEAR)
+            sheet.paste(thumb, (LABEL_WIDTH + column * (THUMB[0] + 2), top))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def card_text(by_split: dict, params: dict, summary: dict, classes: list[str]) -> str:
+    splits = [s for s in by_split if by_split[s]]
+    rows = [r for s in splits for r in by_split[s]]
+    version = params.get("version") or "unversioned"
+    parts = [f"# HAM10000 release {version}: data card", "",
+             f"{summary['images']} dermatoscopic images of {summary['lesions']} pigmented skin lesions, "
+             f"in {len(splits)} lesion-disjoint splits ({', '.join(splits)}).", "",
+             "## Citation", "", params["attribution"].strip(), "", "## Licence", "", params["license"].strip(), "",
+             "## Splits", "",
+             _table(["split", "images", "lesions"],
+                    [[s, summary["splits"][s]["images"], summary["splits"][s]["lesions"]] for s in splits] +
+                    [["all", summary["images"], summary["lesions"]]]), "",
+             "## Images per class", "",
+             _table(["dx", "class", *splits, "all"],
+                    [[c, CLASS_NAMES.get(c, c), *(summary["splits"][s]["dx"].get(c, 0) for s in splits),
+                      sum(r["dx"] == c for r in rows)] for c in classes]), "",
+             "![images per class and split](card/class_distribution.png)", "",
+             "## Ground truth (dx_type) per split", ""]
+    dx_types = [t for t in DX_TYPES if any(r["dx_type"] == t for r in rows)]
+    dx_types += sorted({r["dx_type"] for r in rows} - set(dx_types))
+    parts += [_table(["dx_type", *splits, "all"],
+                     [[t or "(none)", *(summary["splits"][s]["dx_type"].get(t, 0) for s in splits),
+                       sum(r["dx_type"] == t for r in rows)] for t in dx_types]), "",
+              "## dx_type per class", "",
+              _table(["dx", *(t or "(none)" for t in dx_types)],
+                     [[c, *(sum(r["dx"] == c and r["dx_type"] == t for r in rows) for t in dx_types)]
+                      for c in classes]), "",
+              "![dx_type per class](card/dx_type_per_class.png)", "",
+              "## Dataset (collection) per split", ""]
+    datasets = sorted({r["dataset"] for r in rows})
+    parts += [_table(["dataset", *splits, "all"],
+                     [[d, *(summary["splits"][s]["dataset"].get(d, 0) for s in splits),
+                       sum(r["dataset"] == d for r in rows)] for d in datasets]), "",
+              "## Sample images", "", "The first images of each class by image ID:", "",
+              "![sample images per class](card/contact_sheet.png)", "",
+              "## Checking a copy", "",
+              "`ham verify release` (or `ham verify release/test` for one split) checks every file against "
+              "`manifest.csv`; `release.json` holds the version, the code version and the params hash.", ""]
+    return "\n".join(parts)
+
+
+def write_card(release_dir: Path, by_split: dict, params: dict, summary: dict) -> list[str]:
+    release_dir = Path(release_dir)
+    by_split = {s: rows for s, rows in by_split.items() if rows}
+    classes = sorted({r["dx"] for rows in by_split.values() for r in rows})
+    rows = [r for rows in by_split.values() for r in rows]
+    outputs = {"card/class_distribution.png": class_distribution_png(by_split, classes),
+               "card/dx_type_per_class.png": dx_type_png(rows, classes),
+               "card/contact_sheet.png": contact_sheet_png(release_dir, by_split, classes),
+               "CARD.md": card_text(by_split, params, summary, classes).encode()}
+    for name, data in outputs.items():
+        atomic_write_bytes(release_dir / name, data)
+    return sorted(outputs)

