@@ -416,8 +416,8 @@ def _vidir_molemax(rng, folder: Path) -> Written:
         rows.append({"patient": patient, "lesion": lesion_name, "diagnosis": lesion.report,
                      "dx_type": lesion.dx_type, "age": lesion.age, "sex": lesion.sex, "localization": lesion.site})
         first = datetime.date(2013, 1, 7) + datetime.timedelta(days=int(rng.integers(0, 700)))
-        gaps = [int(rng.integers(150, 200))] if brief else \
-            [int(rng.integers(250, 400)) for _ in range(1 + index % 2)] + [int(rng.integers(200, 300))]
+        # Visits a year or so apart: two gaps or more span over 19 months, enough for follow-up ground truth.
+        gaps = [int(rng.integers(150, 200))] if brief else [int(rng.integers(300, 420)) for _ in range(2 + index % 2)]
         dates = [first]
         for gap in gaps:
             dates.append(dates[-1] + datetime.timedelta(days=gap))
