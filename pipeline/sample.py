@@ -121,8 +121,11 @@ def _paint_lesion(rng, canvas, dx, cy, cx, radius):
     return canvas * (1 - mask) + np.clip(colour + texture, 0, 255) * mask
 
 
-def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = False) -> Image.Image:
-    """One synthetic image: dermatoscopic (`dsc`), close-up (`macro`) or overview (`clinic`)."""
+def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = False,
+         field_stop: bool = True) -> Image.Image:
+    """One synthetic image: dermatoscopic (`dsc`), close-up (`macro`) or overview (`clinic`). A dermatoscopic
+    image has the dark round field of a dermatoscope's lens unless `field_stop` is False (the older film
+    cameras' pictures, which fill the frame)."""
     height, width = (400, 300) if portrait else (300, 400)
     if image_type == "dsc":
         canvas = _paint_lesion(rng, _skin(rng, height, width), dx, height / 2 + rng.normal(0, 10),
@@ -132,9 +135,10 @@ def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = Fa
             xs = np.arange(width)
             ys = np.clip((y0 + (y1 - y0) * xs / width).astype(int), 0, height - 1)
             canvas[ys, xs] = canvas[ys, xs] * 0.3
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-        field_ = np.hypot(yy - height / 2, xx - width / 2) / (min(height, width) * 0.62)
-        canvas *= np.clip((1.15 - field_) * 5, 0, 1)[..., None]  # the dermatoscope's dark round field
+        if field_stop:
+            yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+            field_ = np.hypot(yy - height / 2, xx - width / 2) / (min(height, width) * 0.62)
+            canvas *= np.clip((1.15 - field_) * 5, 0, 1)[..., None]
     elif image_type == "macro":
         canvas = _skin(rng, height, width) * np.linspace(0.8, 1.1, width)[None, :, None]
         canvas = _paint_lesion(rng, canvas, dx, height * rng.uniform(0.35, 0.65), width * rng.uniform(0.35, 0.65),
@@ -449,7 +453,7 @@ def _vienna_dias(rng, folder: Path) -> Written:
         for position, kind in enumerate(kinds):
             suffix = "tif" if (index + position) % 4 == 2 else "jpg"
             name = f"scans/{1990 + index % 6}/dia_{index * 2 + position + 1:04d}.{suffix}"
-            scan = mount(draw(rng, kind, lesion.dx), rng)
+            scan = mount(draw(rng, kind, lesion.dx, field_stop=False), rng)
             atomic_write_bytes(folder / name, _tiff(scan) if suffix == "tif" else _jpeg(scan))
             rows.append({"file": name, "slide": f"D{index + 1:03d}", "histology": lesion.report,
                          "method": lesion.dx_type, "age": lesion.age, "sex": lesion.sex, "site": lesion.site})
@@ -457,13 +461,15 @@ def _vienna_dias(rng, folder: Path) -> Written:
             written.items += 1
     # Bad input: a scan cut short, a scan too dark to find the picture in, a scan the index does not list.
     lesion = _lesion(rng, "nv")
-    scan = _jpeg(mount(draw(rng, "dsc", "nv"), rng))
+    scan = _jpeg(mount(draw(rng, "dsc", "nv", field_stop=False), rng))
     atomic_write_bytes(folder / "scans/1996/dia_0101.jpg", scan[: len(scan) // 2])
-    atomic_write_bytes(folder / "scans/1996/dia_0102.jpg", _jpeg(mount(draw(rng, "dsc", "mel"), rng, dark=True)))
+    atomic_write_bytes(folder / "scans/1996/dia_0102.jpg",
+                       _jpeg(mount(draw(rng, "dsc", "mel", field_stop=False), rng, dark=True)))
     for name in ("scans/1996/dia_0101.jpg", "scans/1996/dia_0102.jpg"):
         rows.append({"file": name, "slide": f"D{len(rows) + 1:03d}", "histology": lesion.report, "method": "histo",
                      "age": lesion.age, "sex": lesion.sex, "site": lesion.site})
-    atomic_write_bytes(folder / "scans/1996/dia_0103.jpg", _jpeg(mount(draw(rng, "dsc", "bkl"), rng)))
+    atomic_write_bytes(folder / "scans/1996/dia_0103.jpg", _jpeg(mount(draw(rng, "dsc", "bkl", field_stop=False),
+                                                                      rng)))
     written.items += 3
     _write_csv(folder / "index.csv", ["file", "slide", "histology", "method", "age", "sex", "site"], rows)
     written.files = sum(1 for p in folder.rglob("*") if p.is_file())
