@@ -90,9 +90,22 @@ class SomeImages:
     folder), else `DrawnImages`."""
 
     def __init__(self, data: Path | None, dsc: Sequence[Path], clinic: Sequence[Path], manifest: list[dict],
-                 film: Sequence[Path] = ()):
+                 film: Sequence[Path] = (), files: Path | None = None):
         self.data, self.real, self.dsc, self.clinic, self._manifest = data, data is not None, dsc, clinic, manifest
-        self._film = film
+        self._film, self._files = film, files
+
+    @property
+    def manifest(self) -> list[dict]:
+        """Rows of HAM10000's images_manifest.csv (image_id, lesion_id, dx, dx_type, dataset, sha256, ...): the real
+        490 images, or made-up rows over small noise JPEGs for tests that need image files with lesions and classes
+        but not their pixels."""
+        if not self._manifest and not self.real:
+            self._manifest = _made_up_manifest(self._files)
+        return self._manifest
+
+    def file(self, image_id: str) -> Path:
+        """The image file of a manifest row."""
+        return (self.data / "ham10000" / "images" if self.real else self._files) / f"{image_id}.jpg"
 
     def of(self, dataset: str, **match: str) -> Sequence[Path]:
         """Dermatoscopic images of one HAM10000 collection (rows of the real manifest matching `match`); drawn
@@ -105,6 +118,34 @@ class SomeImages:
         return [self.data / "ham10000" / "images" / f"{row['image_id']}.jpg" for row in rows]
 
 
+def _made_up_manifest(folder: Path, count: int = 320) -> list[dict]:
+    import hashlib
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(20180814)
+    classes = ("nv", "bkl", "mel", "nv", "bcc", "akiec", "nv", "df", "vasc")
+    datasets = ("rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias")
+    sizes = (1, 1, 2, 1, 3, 1, 2)  # a cycle of 7 against 4 datasets: every collection gets every size
+    rows, lesion = [], 0
+    folder.mkdir(parents=True, exist_ok=True)
+    while len(rows) < count:
+        dx, dataset = classes[lesion % len(classes)], datasets[lesion % len(datasets)]
+        dx_type = "follow_up" if dx == "nv" and dataset == "vidir_molemax" else "histo"
+        for _ in range(sizes[lesion % len(sizes)]):
+            image_id = f"ISIC_{24000 + len(rows):07d}"
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8), "RGB").save(buffer, format="JPEG")
+            (folder / f"{image_id}.jpg").write_bytes(buffer.getvalue())
+            rows.append({"image_id": image_id, "lesion_id": f"HAM_{lesion:07d}", "dx": dx, "dx_type": dx_type,
+                         "dataset": dataset, "width": "60", "height": "45", "bytes": str(len(buffer.getvalue())),
+                         "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+        lesion += 1
+    return rows
+
+
 @pytest.fixture(scope="session")
 def some_images(tmp_path_factory) -> SomeImages:
     path = ham_data_dir()
@@ -115,7 +156,7 @@ def some_images(tmp_path_factory) -> SomeImages:
                           sorted((path / "clinical" / "dermnet").glob("*.jpg")), manifest)
     folder = tmp_path_factory.mktemp("drawn")
     return SomeImages(None, DrawnImages(folder, "dsc", 400), DrawnImages(folder, "clinic", 200), [],
-                      DrawnImages(folder, "film", 50))
+                      DrawnImages(folder, "film", 50), folder / "manifest")
 
 
 @pytest.fixture(scope="session")
