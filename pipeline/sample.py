@@ -353,7 +353,6 @@ def _rosendahl(rng, folder: Path) -> Written:
             written.items += 1
     atomic_write_bytes(folder / "pathology.xlsx",
                        make_workbook("Pathology", ["Lesion ID", "Histology", "Method", "Age", "Sex", "Site"], rows))
-    written.files = 4
     return written
 
 
@@ -368,8 +367,7 @@ def _vidir_modern(rng, folder: Path) -> Written:
         atomic_write_bytes(folder / "images" / name, data)
         if lesion is not None:
             rows.append({"file": f"images/{name}", "lesion": lesion_key, "pathology": lesion.report,
-                         "method": lesion.dx_type, "age": lesion.age if int(lesion_key[-2:]) % 9 else "",
-                         "sex": lesion.sex, "site": lesion.site})
+                         "method": lesion.dx_type, "age": lesion.age, "sex": lesion.sex, "site": lesion.site})
         if kind:
             written.types[(f"images/{name}", "")] = kind
         written.items += 1
@@ -380,6 +378,8 @@ def _vidir_modern(rng, folder: Path) -> Written:
         dx = cycle[index % len(cycle)]
         dx_type = dx_types[index % len(dx_types)] if dx in ("nv", "bkl") else "histo"
         lesion, key = _lesion(rng, dx, dx_type), f"VID-{1000 + index}"
+        if index % 9 == 0:
+            lesion.age = ""  # not recorded
         lesions.append((key, lesion))
         for _ in range((1, 1, 2)[index % 3]):
             number += 1
@@ -402,7 +402,6 @@ def _vidir_modern(rng, folder: Path) -> Written:
                                                                              "Compound nevus"), None)
     add("notes.jpg", b"lesion photographed twice, see chart\n", "", None, None)  # not in the index
     _write_csv(folder / "index.csv", ["file", "lesion", "pathology", "method", "age", "sex", "site"], rows)
-    written.files = len(list((folder / "images").iterdir())) + 1
     return written
 
 
@@ -438,7 +437,6 @@ def _vidir_molemax(rng, folder: Path) -> Written:
     written.items += 2
     _write_csv(folder / "lesions.csv", ["patient", "lesion", "diagnosis", "dx_type", "age", "sex", "localization"],
                rows)
-    written.files = sum(1 for p in folder.rglob("*") if p.is_file())
     return written
 
 
@@ -472,7 +470,6 @@ def _vienna_dias(rng, folder: Path) -> Written:
                                                                       rng)))
     written.items += 3
     _write_csv(folder / "index.csv", ["file", "slide", "histology", "method", "age", "sex", "site"], rows)
-    written.files = sum(1 for p in folder.rglob("*") if p.is_file())
     return written
 
 
@@ -508,6 +505,7 @@ def write_sources(target: Path, seed: int = SEED) -> dict[str, Written]:
         if folder.exists():
             shutil.rmtree(folder)
         written[source["name"]] = WRITERS[source["name"]](rng, folder)
+        written[source["name"]].files = sum(1 for path in folder.rglob("*") if path.is_file())
 
     # The annotator labelled about three in four images; the filter predicts the rest.
     rows, seen = [], set()
