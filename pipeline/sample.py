@@ -321,7 +321,7 @@ def _lesion(rng, dx: str, dx_type: str = "histo", report: bool = True) -> Lesion
 
 
 def _rosendahl(rng, folder: Path) -> Written:
-    """Two yearly decks and the pathology workbook; a third deck truncated in transfer."""
+    """Two yearly decks and the pathology workbook; a third deck damaged in transfer."""
     written = Written()
     cycle = ("bcc", "mel", "akiec", "bkl", "nv", "bcc", "df", "akiec", "bkl", "mel")
     rows, decks = [], {2016: [], 2017: []}
