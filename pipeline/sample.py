@@ -1,17 +1,44 @@
 """`ham sample DIR`: a small, deterministic, procedurally drawn set of raw sources for the demo pipeline.
 
-Synthetic lesions, used only for this demo (tests use the real images). Four `export` sources shaped like the
-study's routes, each a folder of images and an `index.csv` in the source's own words (free-text pathology,
-raw ages and sexes), with close-ups and overviews mixed in among the dermatoscopic images, two bad files for the
-rejects ledger, and `image_types.csv`: the annotator's d / c / m labels for most images (IMAGE is the sha256 of
-the image file, as the annotation page records it).
-Same seed, same bytes: the drawing uses numpy's PCG64 generator and Pillow's bundled JPEG encoder.
+Synthetic lesions, drawn with numpy (no real image is in the project). The four folders are shaped like the
+study's four routes, and each is read by its own reader kind (`SOURCES` holds the `ingest.sources` entries;
+params.yaml lists the same, checked by a test):
+
+- `rosendahl/` (kind `pptx`): one PowerPoint deck per year (`rosendahl_2016.pptx`, `rosendahl_2017.pptx`), each
+  slide a dermatoscopic picture (sometimes two), often with a clinical close-up or overview beside it, and a text
+  box with the 7-digit lesion ID (sometimes a `Diagnosis:` line too); `pathology.xlsx` holds the histopathology
+  reports and patient data, joined by lesion ID. Bad input: a damaged deck (`rosendahl_2018.pptx`), a slide
+  whose text has no lesion ID, and one report that is not a diagnosis ("No signs of residual tumor").
+- `vidir_modern/` (kind `export`): `images/` plus `index.csv` exported from the clinic's database, in its own
+  words (free-text pathology, raw ages and sexes). Mixed encodings the ingest stage normalises (RGBA PNG, CMYK
+  JPEG, a JPEG with an EXIF rotation); bad input: an empty file, a text file named `.jpg` that the index does not
+  list, a truncated JPEG, and one image exported twice under two names (a duplicate).
+- `vidir_molemax/` (kind `series`): `<patient>/<lesion>/<YYYY-MM-DD>.jpg`, the same lesion photographed at
+  each visit, and `lesions.csv` with patient data and, for excised lesions, the pathology. Nevi followed for 18
+  months or more get follow-up ground truth; a few were followed too briefly (excluded for want of a diagnosis).
+  Bad input: a file name with an impossible date and a note at the wrong depth.
+- `vienna_dias/` (kind `slides`): scanned diapositives (JPEG and TIFF) of a picture inside a dark slide mount on
+  a lighter scanner bed, with `index.csv`; the reader crops the mount away. Bad input: a truncated scan, a scan
+  too dark to find the picture in, and a scan the index does not list.
+
+`image_types.csv` holds the annotator's d / c / m labels for three in four images, keyed as the annotation page
+keys them: IMAGE is the candidate ID, the sha256 of the bytes the reader yields (for a deck the embedded picture,
+for a slide scan the cropped picture). Those bytes are found by running the real readers over the folders just
+written, never by guessing what a reader does.
+
+Same seed, same bytes: the drawing uses numpy's PCG64 generator and Pillow's bundled encoders; the timestamps that
+python-pptx and openpyxl write into a file's zip entries and document properties are pinned. Writing replaces the
+four source folders and the annotations file under DIR, and nothing else there.
 """
 from __future__ import annotations
 
 import csv
+import datetime
 import io
-from dataclasses import dataclass
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +47,7 @@ from PIL import Image
 from .common import atomic_write_bytes, sha256_bytes
 from .vocabulary import ANNOTATION_KEYS
 
+SEED = 20180814
 DIAGNOSES = {
     "mel": ["Superficial spreading melanoma, Breslow 0.4mm, Clark II", "Lentigo maligna melanoma, in toto",
             "Nodular melanoma, Breslow 2.1mm"],
@@ -36,26 +64,30 @@ LESION_COLOURS = {  # mean RGB of each class's synthetic lesion
 }
 SITES = ["back", "trunk", "lower extremity", "upper extremity", "abdomen", "face", "chest", "neck", "scalp"]
 TYPE_KEYS = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}  # dsc -> d, ...
+FIXED_TIME = datetime.datetime(2018, 1, 1)
+ZIP_TIME = (2018, 1, 1, 0, 0, 0)
 
-
-@dataclass
-class SourcePlan:
-    name: str
-    lesions: int  # lesions with dermatoscopic images
-    images_per_lesion: tuple[int, ...]  # cycled over the lesions
-    classes: tuple[str, ...]  # cycled over the lesions
-    dx_types: tuple[str, ...]
-    macro: int  # extra close-ups of some lesions
-    clinic: int  # extra overviews of some lesions
-
-
-PLANS = [
-    SourcePlan("rosendahl", 18, (1, 2), ("mel", "bcc", "akiec", "bkl", "nv", "df"), ("histo",), 10, 10),
-    SourcePlan("vidir_modern", 20, (1, 1, 2), ("nv", "mel", "bkl", "bcc", "vasc", "df", "akiec"),
-               ("histo", "histo", "consensus", "confocal"), 0, 4),
-    SourcePlan("vidir_molemax", 8, (3,), ("nv",), ("follow_up",), 0, 0),
-    SourcePlan("vienna_dias", 8, (1,), ("mel", "nv", "bcc", "bkl"), ("histo",), 4, 0),
+# The `ingest.sources` entries for the sample (paths relative to the sample folder). Only documented options.
+SOURCES = [
+    {"name": "rosendahl", "kind": "pptx", "path": "rosendahl",
+     "options": {"workbook": "pathology.xlsx", "sheet": "Pathology",
+                 "columns": {"lesion_key": "Lesion ID", "diagnosis": "Histology", "dx_type": "Method",
+                             "age": "Age", "sex": "Sex", "localization": "Site"}}},
+    {"name": "vidir_modern", "kind": "export", "path": "vidir_modern",
+     "options": {"index": "index.csv",
+                 "columns": {"file": "file", "lesion_key": "lesion", "diagnosis": "pathology", "dx_type": "method",
+                             "age": "age", "sex": "sex", "localization": "site"}}},
+    {"name": "vidir_molemax", "kind": "series", "path": "vidir_molemax",
+     "options": {"lesions": "lesions.csv"}},
+    {"name": "vienna_dias", "kind": "slides", "path": "vienna_dias",
+     "options": {"index": "index.csv",
+                 "columns": {"file": "file", "lesion_key": "slide", "diagnosis": "histology", "dx_type": "method",
+                             "age": "age", "sex": "sex", "localization": "site"}}},
 ]
+ANNOTATIONS = "image_types.csv"
+
+
+# ---------------------------------------------------------------------------------------------- drawing
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -90,8 +122,11 @@ def _paint_lesion(rng, canvas, dx, cy, cx, radius):
     return canvas * (1 - mask) + np.clip(colour + texture, 0, 255) * mask
 
 
-def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = False) -> Image.Image:
-    """One synthetic image: dermatoscopic (`dsc`), close-up (`macro`) or overview (`clinic`)."""
+def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = False,
+         field_stop: bool = True) -> Image.Image:
+    """One synthetic image: dermatoscopic (`dsc`), close-up (`macro`) or overview (`clinic`). A dermatoscopic
+    image has the dark round field of a dermatoscope's lens unless `field_stop` is False (the older film
+    cameras' pictures, which fill the frame)."""
     height, width = (400, 300) if portrait else (300, 400)
     if image_type == "dsc":
         canvas = _paint_lesion(rng, _skin(rng, height, width), dx, height / 2 + rng.normal(0, 10),
@@ -101,9 +136,10 @@ def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = Fa
             xs = np.arange(width)
             ys = np.clip((y0 + (y1 - y0) * xs / width).astype(int), 0, height - 1)
             canvas[ys, xs] = canvas[ys, xs] * 0.3
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-        field = np.hypot(yy - height / 2, xx - width / 2) / (min(height, width) * 0.62)
-        canvas *= np.clip((1.15 - field) * 5, 0, 1)[..., None]  # the dermatoscope's dark round field
+        if field_stop:
+            yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+            field_ = np.hypot(yy - height / 2, xx - width / 2) / (min(height, width) * 0.62)
+            canvas *= np.clip((1.15 - field_) * 5, 0, 1)[..., None]
     elif image_type == "macro":
         canvas = _skin(rng, height, width) * np.linspace(0.8, 1.1, width)[None, :, None]
         canvas = _paint_lesion(rng, canvas, dx, height * rng.uniform(0.35, 0.65), width * rng.uniform(0.35, 0.65),
@@ -121,78 +157,371 @@ def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = Fa
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
 
 
-def _jpeg(image: Image.Image) -> bytes:
+def revisit(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The same lesion at a later visit: the camera a little turned, the exposure a little different."""
+    turned = image.rotate(float(rng.uniform(-6, 6)), resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    pixels = np.asarray(turned, dtype=np.float64) * rng.uniform(0.92, 1.08) + rng.normal(0, 2, (1, 1, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def mount(picture: Image.Image, rng: np.random.Generator, dark: bool = False) -> Image.Image:
+    """A scan of a diapositive: the picture in a dark slide mount, on the lighter scanner bed around it."""
+    width, height = picture.size
+    border, bed = int(width * 0.16), int(width * 0.04)
+    scan_w, scan_h = width + 2 * (border + bed), height + 2 * (border + bed)
+    canvas = np.empty((scan_h, scan_w, 3), dtype=np.float64)
+    canvas[:] = rng.uniform(95, 120)  # scanner bed
+    canvas[bed:scan_h - bed, bed:scan_w - bed] = rng.uniform(14, 26)  # the mount, cardboard-dark
+    canvas += rng.normal(0, 3, (scan_h, scan_w, 1))
+    inner = np.asarray(picture, dtype=np.float64) * (0.12 if dark else rng.uniform(0.9, 1.0))
+    canvas[border + bed:border + bed + height, border + bed:border + bed + width] = inner
+    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
+    image.save(buffer, format="JPEG", quality=90, **options)
     return buffer.getvalue()
 
 
-def _raw_sex(rng) -> str:
-    return str(rng.choice(["male", "female", "M", "F", "female", "male", ""]))
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
-def write_sample(target: Path, seed: int = 20180814) -> dict[str, int]:
-    """Write the sample raw sources under `target`; return the number of files written per source."""
+def _tiff(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF", compression="tiff_lzw")
+    return buffer.getvalue()
+
+
+def _rotated_jpeg(image: Image.Image) -> bytes:
+    """The picture as a camera stores it when held sideways: pixels turned, EXIF orientation 6 to undo it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _jpeg(image.transpose(Image.ROTATE_90), exif=exif.tobytes())
+
+
+def _rgba_png(image: Image.Image) -> bytes:
+    rgba = image.convert("RGBA")
+    alpha = np.full(image.size[::-1], 255, dtype=np.uint8)
+    alpha[:12, :] = 0  # a transparent strip along the top edge, as a cropping tool leaves it
+    rgba.putalpha(Image.fromarray(alpha, "L"))
+    return _encode(rgba, "PNG")
+
+
+CORE_TIMES = re.compile(rb"(<dcterms:(created|modified)\b[^>]*>)[^<]*(</dcterms:\2>)")
+
+
+def pinned_zip(data: bytes) -> bytes:
+    """An Office file (a zip) with its entries' times and the document's created/modified times pinned, so the
+    same content gives the same bytes on every run."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if info.filename == "docProps/core.xml":
+                content = CORE_TIMES.sub(rb"\g<1>2018-01-01T00:00:00Z\g<3>", content)
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.external_attr = 0o600 << 16
+            target.writestr(entry, content)
+    return out.getvalue()
+
+
+def damaged_deck(deck: bytes) -> bytes:
+    """The deck with its presentation part cut short, as a broken transfer leaves a file: still a zip, no longer a
+    deck python-pptx can open."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(deck)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if info.filename == "ppt/presentation.xml":
+                content = content[: len(content) // 2]
+            target.writestr(info, content)
+    return out.getvalue()
+
+
+def make_deck(slides: list[dict]) -> bytes:
+    """A deck with one slide per entry: `pictures` (JPEG bytes, side by side) and `text` (one text box)."""
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    deck = Presentation()
+    deck.core_properties.created = FIXED_TIME
+    deck.core_properties.modified = FIXED_TIME
+    deck.core_properties.last_modified_by = "ham sample"
+    deck.core_properties.revision = 1
+    for spec in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[6])  # blank
+        left = 0.4
+        for data in spec["pictures"]:
+            slide.shapes.add_picture(io.BytesIO(data), Inches(left), Inches(1.2), width=Inches(3))
+            left += 3.1
+        box = slide.shapes.add_textbox(Inches(0.5), Inches(5.5), Inches(8), Inches(1))
+        box.text_frame.text = spec["text"]
+    buffer = io.BytesIO()
+    deck.save(buffer)
+    return pinned_zip(buffer.getvalue())
+
+
+def make_workbook(sheet: str, header: list[str], rows: list[list]) -> bytes:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.properties.creator = "ham sample"
+    book.properties.created = FIXED_TIME
+    book.properties.modified = FIXED_TIME
+    book.active.title = sheet
+    book.active.append(header)
+    for row in rows:
+        book.active.append(row)
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return pinned_zip(buffer.getvalue())
+
+
+def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- the sources
+
+
+@dataclass
+class Lesion:
+    dx: str
+    dx_type: str
+    age: str
+    sex: str
+    site: str
+    report: str  # free-text pathology ("" where the ground truth is not histopathology)
+
+
+@dataclass
+class Written:
+    """What one source folder holds: the image type of each picture (by the key the reader's item will have) and
+    how many raw items (pictures, image files, bad files) the readers must account for."""
+    types: dict = field(default_factory=dict)  # (origin, member or "") -> dsc / macro / clinic
+    items: int = 0
+    files: int = 0
+
+
+def _lesion(rng, dx: str, dx_type: str = "histo", report: bool = True) -> Lesion:
+    return Lesion(dx=dx, dx_type=dx_type, age=str(int(rng.integers(20, 90))),
+                  sex=str(rng.choice(["male", "female", "M", "F", "female", "male", ""])),
+                  site=str(rng.choice(SITES)), report=str(rng.choice(DIAGNOSES[dx])) if report else "")
+
+
+def _rosendahl(rng, folder: Path) -> Written:
+    """Two yearly decks and the pathology workbook; a third deck damaged in transfer."""
+    written = Written()
+    cycle = ("bcc", "mel", "akiec", "bkl", "nv", "bcc", "df", "akiec", "bkl", "mel")
+    rows, decks = [], {2016: [], 2017: []}
+    for index in range(30):
+        year = 2016 if index < 15 else 2017
+        key = str(3815001 + index)  # seven digits: never a substring of an image size or a release ID
+        lesion = _lesion(rng, cycle[index % len(cycle)])
+        sex = {"male": "m", "M": "m", "female": "f", "F": "f"}.get(lesion.sex, "")
+        rows.append([key, lesion.report, "histo" if index % 7 else "Histology", int(lesion.age) if index % 11 else None,
+                     sex, lesion.site])
+        types = ["dsc"] + ["dsc"] * (index % 4 == 1) + ["macro"] * (index % 3 == 0) + ["clinic"] * (index % 5 == 2)
+        pictures = [_jpeg(draw(rng, kind, lesion.dx, portrait=(kind == "dsc" and index % 6 == 4))) for kind in types]
+        text = f"Lesion {key}" if index % 4 else f"{key}\nDiagnosis: {lesion.report.split(',')[0]}"
+        decks[year].append((types, pictures, text))
+    rows[0][1] = "No signs of residual tumor"  # a report that is not a diagnosis: excluded by the unify rules
+    # A slide whose text lost its ID: its picture is rejected rather than joined to the wrong lesion.
+    decks[2017].append((["dsc"], [_jpeg(draw(rng, "dsc", "nv"))], "see chart, ID missing"))
+
+    for year, slides in decks.items():
+        name = f"rosendahl_{year}.pptx"
+        data = make_deck([{"pictures": pictures, "text": text} for _, pictures, text in slides])
+        atomic_write_bytes(folder / name, data)
+        for number, (types, _, _) in enumerate(slides, start=1):
+            for position, kind in enumerate(types, start=1):
+                written.types[(name, f"slide {number} picture {position}")] = kind
+                written.items += 1
+        if year == 2017:  # a deck damaged in transfer: one reject for the whole deck
+            atomic_write_bytes(folder / "rosendahl_2018.pptx", damaged_deck(data))
+            written.items += 1
+    atomic_write_bytes(folder / "pathology.xlsx",
+                       make_workbook("Pathology", ["Lesion ID", "Histology", "Method", "Age", "Sex", "Site"], rows))
+    return written
+
+
+def _vidir_modern(rng, folder: Path) -> Written:
+    """A database export: images and index.csv, with mixed encodings and bad files."""
+    written = Written()
+    cycle = ("nv", "mel", "bkl", "bcc", "vasc", "df", "akiec")
+    dx_types = ("histo", "histo", "consensus", "confocal")
+    rows = []
+
+    def add(name: str, data: bytes, lesion_key: str, lesion: Lesion | None, kind: str | None) -> None:
+        atomic_write_bytes(folder / "images" / name, data)
+        if lesion is not None:
+            rows.append({"file": f"images/{name}", "lesion": lesion_key, "pathology": lesion.report,
+                         "method": lesion.dx_type, "age": lesion.age, "sex": lesion.sex, "site": lesion.site})
+        if kind:
+            written.types[(f"images/{name}", "")] = kind
+        written.items += 1
+
+    lesions = []
+    number = 0
+    for index in range(35):
+        dx = cycle[index % len(cycle)]
+        dx_type = dx_types[index % len(dx_types)] if dx in ("nv", "bkl") else "histo"
+        lesion, key = _lesion(rng, dx, dx_type), f"VID-{1000 + index}"
+        if index % 9 == 0:
+            lesion.age = ""  # not recorded
+        lesions.append((key, lesion))
+        for _ in range((1, 1, 2)[index % 3]):
+            number += 1
+            image = draw(rng, "dsc", dx, portrait=(number % 7 == 3))
+            # Mixed encodings, as exports from several camera and database generations come.
+            data = {5: lambda: _rgba_png(image), 11: lambda: _jpeg(image.convert("CMYK")),
+                    17: lambda: _rotated_jpeg(image)}.get(number, lambda: _jpeg(image))()
+            add(f"vid_{number:04d}.{'png' if number == 5 else 'jpg'}", data, key, lesion, "dsc")
+    for extra in range(5):  # overviews of some lesions, exported with them
+        key, lesion = lesions[extra * 7 % len(lesions)]
+        number += 1
+        add(f"vid_{number:04d}.jpg", _jpeg(draw(rng, "clinic", lesion.dx)), key, lesion, "clinic")
+
+    # Bad input, each of which the rejects ledger must explain.
+    key, lesion = lesions[2]
+    add("vid_0003_copy.jpg", (folder / "images/vid_0003.jpg").read_bytes(), key, lesion, None)  # duplicate
+    add("empty.jpg", b"", "VID-1999", Lesion("nv", "histo", "", "", "", ""), None)
+    truncated = _jpeg(draw(rng, "dsc", "nv"))
+    add("vid_trunc.jpg", truncated[: len(truncated) // 2], "VID-1998", Lesion("nv", "histo", "50", "male", "back",
+                                                                             "Compound nevus"), None)
+    add("notes.jpg", b"lesion photographed twice, see chart\n", "", None, None)  # not in the index
+    _write_csv(folder / "index.csv", ["file", "lesion", "pathology", "method", "age", "sex", "site"], rows)
+    return written
+
+
+def _vidir_molemax(rng, folder: Path) -> Written:
+    """Dated series per patient and lesion; lesions.csv with patient data and the pathology of excised lesions."""
+    written = Written()
+    rows = []
+    for index in range(20):
+        patient, lesion_name = f"P{index // 2 + 1:02d}", f"L{index % 2 + 1}"
+        excised = {6: "mel", 13: "nv"}.get(index)
+        brief = index in (4, 17)  # followed for under 18 months, never excised: no ground truth
+        lesion = _lesion(rng, excised or "nv", "histo" if excised else "", report=bool(excised))
+        if index % 2:  # both lesions of a patient share the patient's age and sex
+            lesion.age, lesion.sex = rows[-1]["age"], rows[-1]["sex"]
+        rows.append({"patient": patient, "lesion": lesion_name, "diagnosis": lesion.report,
+                     "dx_type": lesion.dx_type, "age": lesion.age, "sex": lesion.sex, "localization": lesion.site})
+        first = datetime.date(2013, 1, 7) + datetime.timedelta(days=int(rng.integers(0, 700)))
+        # Visits a year or so apart: two gaps or more span over 19 months, enough for follow-up ground truth.
+        gaps = [int(rng.integers(150, 200))] if brief else [int(rng.integers(300, 420)) for _ in range(2 + index % 2)]
+        dates = [first]
+        for gap in gaps:
+            dates.append(dates[-1] + datetime.timedelta(days=gap))
+        base = draw(rng, "dsc", lesion.dx)
+        for visit, date in enumerate(dates):
+            image = base if visit == 0 else revisit(base, rng)
+            origin = f"{patient}/{lesion_name}/{date.isoformat()}.jpg"
+            atomic_write_bytes(folder / origin, _jpeg(image))
+            written.types[(origin, "")] = "dsc"
+            written.items += 1
+    # Bad input: an impossible date in the file name, and a note left at the patient level.
+    atomic_write_bytes(folder / "P03/L1/2015-13-45.jpg", _jpeg(draw(rng, "dsc", "nv")))
+    atomic_write_bytes(folder / "P05/notes.txt", b"patient asked for the next visit in spring\n")
+    written.items += 2
+    _write_csv(folder / "lesions.csv", ["patient", "lesion", "diagnosis", "dx_type", "age", "sex", "localization"],
+               rows)
+    return written
+
+
+def _vienna_dias(rng, folder: Path) -> Written:
+    """Scanned slides in dark mounts, JPEG and TIFF, with index.csv."""
+    written = Written()
+    cycle = ("mel", "nv", "bcc", "bkl", "vasc", "df", "mel", "nv", "bkl", "vasc")
+    rows = []
+    for index in range(20):
+        lesion = _lesion(rng, cycle[index % len(cycle)])
+        kinds = ["dsc"] + ["macro"] * (index % 5 == 3)
+        for position, kind in enumerate(kinds):
+            suffix = "tif" if (index + position) % 4 == 2 else "jpg"
+            name = f"scans/{1990 + index % 6}/dia_{index * 2 + position + 1:04d}.{suffix}"
+            scan = mount(draw(rng, kind, lesion.dx, field_stop=False), rng)
+            atomic_write_bytes(folder / name, _tiff(scan) if suffix == "tif" else _jpeg(scan))
+            rows.append({"file": name, "slide": f"D{index + 1:03d}", "histology": lesion.report,
+                         "method": lesion.dx_type, "age": lesion.age, "sex": lesion.sex, "site": lesion.site})
+            written.types[(name, "")] = kind
+            written.items += 1
+    # Bad input: a scan cut short, a scan too dark to find the picture in, a scan the index does not list.
+    lesion = _lesion(rng, "nv")
+    scan = _jpeg(mount(draw(rng, "dsc", "nv", field_stop=False), rng))
+    atomic_write_bytes(folder / "scans/1996/dia_0101.jpg", scan[: len(scan) // 2])
+    atomic_write_bytes(folder / "scans/1996/dia_0102.jpg",
+                       _jpeg(mount(draw(rng, "dsc", "mel", field_stop=False), rng, dark=True)))
+    for name in ("scans/1996/dia_0101.jpg", "scans/1996/dia_0102.jpg"):
+        rows.append({"file": name, "slide": f"D{len(rows) + 1:03d}", "histology": lesion.report, "method": "histo",
+                     "age": lesion.age, "sex": lesion.sex, "site": lesion.site})
+    atomic_write_bytes(folder / "scans/1996/dia_0103.jpg", _jpeg(mount(draw(rng, "dsc", "bkl", field_stop=False),
+                                                                      rng)))
+    written.items += 3
+    _write_csv(folder / "index.csv", ["file", "slide", "histology", "method", "age", "sex", "site"], rows)
+    return written
+
+
+WRITERS = {"rosendahl": _rosendahl, "vidir_modern": _vidir_modern, "vidir_molemax": _vidir_molemax,
+           "vienna_dias": _vienna_dias}
+
+
+def candidate_types(target: Path, written: dict[str, Written]) -> list[tuple[str, str]]:
+    """(candidate ID, image type) of every picture, in reader order: the real readers run over the folders."""
+    from .sources import RawItem, expand, reader_for
+
+    found = []
+    for source in SOURCES:
+        reader = reader_for(source["kind"])
+        for item in expand(reader(Path(target) / source["path"], source["options"])):
+            if not isinstance(item, RawItem):
+                continue
+            key = (item.origin, item.member if source["kind"] == "pptx" else "")
+            kind = written[source["name"]].types.get(key)
+            if kind is not None:  # the exported duplicate has no type of its own: it is the same candidate
+                found.append((sha256_bytes(item.data), kind))
+    return found
+
+
+def write_sources(target: Path, seed: int = SEED) -> dict[str, Written]:
+    """Write the sample raw sources and the annotations under `target` (replacing the four source folders and the
+    annotations file); return what each source folder holds."""
     target = Path(target)
     rng = np.random.default_rng(seed)
-    annotations: list[tuple[str, str]] = []
-    counts: dict[str, int] = {}
-    for plan in PLANS:
-        rows = []
-        folder = target / plan.name
-        number = 0
-
-        def add(image_type, dx, lesion_key, meta, portrait=False):
-            nonlocal number
-            number += 1
-            name = f"{plan.name[:3]}_{number:04d}.jpg"
-            data = _jpeg(draw(rng, image_type, dx, portrait))
-            atomic_write_bytes(folder / "images" / name, data)
-            rows.append({"file": f"images/{name}", "lesion": lesion_key, **meta})
-            annotations.append((sha256_bytes(data), TYPE_KEYS[image_type]))
-
-        lesions = []
-        for index in range(plan.lesions):
-            dx = plan.classes[index % len(plan.classes)]
-            lesion_key = f"{plan.name[:3].upper()}-{1000 + index}"
-            meta = {
-                "pathology": str(rng.choice(DIAGNOSES[dx])) if plan.dx_types != ("follow_up",) else "",
-                "diagnosis_code": "nv" if plan.dx_types == ("follow_up",) else "",
-                "method": plan.dx_types[index % len(plan.dx_types)] if dx in ("nv", "mel", "bkl") or
-                          plan.dx_types == ("histo",) else "histo",
-                "age": str(int(rng.integers(20, 90))) if index % 9 else "",
-                "sex": _raw_sex(rng),
-                "site": str(rng.choice(SITES)),
-            }
-            if meta["method"] == "follow_up" and dx != "nv":
-                meta["method"] = "histo"
-            lesions.append((dx, lesion_key, meta))
-            for _ in range(plan.images_per_lesion[index % len(plan.images_per_lesion)]):
-                add("dsc", dx, lesion_key, meta, portrait=(number % 7 == 3))
-        for extra in range(plan.macro):
-            dx, lesion_key, meta = lesions[extra % len(lesions)]
-            add("macro", dx, lesion_key, meta)
-        for extra in range(plan.clinic):
-            dx, lesion_key, meta = lesions[(extra * 3) % len(lesions)]
-            add("clinic", dx, lesion_key, meta)
-        if plan.name == "rosendahl":  # one report that is not a diagnosis: excluded by the unify rules
-            rows[0]["pathology"] = "No signs of residual tumor"
-        if plan.name == "vidir_modern":  # two bad files the rejects ledger must explain
-            atomic_write_bytes(folder / "images" / "empty.jpg", b"")
-            atomic_write_bytes(folder / "images" / "notes.jpg", b"lesion photographed twice, see chart\n")
-            rows.append({"file": "images/empty.jpg", "lesion": "VID-1999"})
-        with open(folder / "index.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, ["file", "lesion", "pathology", "diagnosis_code", "method", "age",
-                                             "sex", "site"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        counts[plan.name] = len(list((folder / "images").iterdir()))
+    written: dict[str, Written] = {}
+    for source in SOURCES:
+        folder = target / source["path"]
+        if folder.exists():
+            shutil.rmtree(folder)
+        written[source["name"]] = WRITERS[source["name"]](rng, folder)
+        written[source["name"]].files = sum(1 for path in folder.rglob("*") if path.is_file())
 
     # The annotator labelled about three in four images; the filter predicts the rest.
-    with open(target / "image_types.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["IMAGE", "ANNOTATION", "TIMESTAMP"])
-        for position, (digest, key) in enumerate(annotations):
-            if position % 4 != 1:
-                writer.writerow([digest, key, f"2018-03-01T10:{position // 60:02d}:{position % 60:02d}"])
-    return counts
+    rows, seen = [], set()
+    for position, (digest, kind) in enumerate(candidate_types(target, written)):
+        if position % 4 != 1 and digest not in seen:
+            seen.add(digest)
+            rows.append([digest, TYPE_KEYS[kind], f"2018-03-01T10:{position // 60:02d}:{position % 60:02d}"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["IMAGE", "ANNOTATION", "TIMESTAMP"])
+    writer.writerows(rows)
+    atomic_write_bytes(target / ANNOTATIONS, buffer.getvalue().encode("utf-8"))
+    return written
+
+
+def write_sample(target: Path, seed: int = SEED) -> dict[str, int]:
+    """Write the sample (see `write_sources`); return the number of files written per source."""
+    return {name: written.files for name, written in write_sources(target, seed).items()}

@@ -1,5 +1,6 @@
-"""Stage `ingest`: `check_image` on bad and unusual input made from real images, and `ingest()` on export sources
-built in tmp_path from the real HAM10000 images (read in place, never copied into the project)."""
+"""Stage `ingest`: `check_image` on bad and unusual input made from 600x450 dermatoscopic JPEGs, and `ingest()` on
+export sources built in tmp_path from them: the real HAM10000 images where $HAM_DATA has them (read in place, never
+copied into the project), else images drawn by the sample generator (the `some_images` fixture)."""
 from __future__ import annotations
 
 import csv
@@ -13,23 +14,21 @@ from PIL import Image
 from pipeline.common import PipelineError, read_csv, sha256_bytes
 from pipeline.ingest import BadImage, check_image, ingest
 
-pytestmark = pytest.mark.real_data
-
 BIG = 100_000_000
 
 
 # ------------------------------------------------------------------------------------------------- helpers
 
 @pytest.fixture(scope="module")
-def real_images(ham_data) -> list[Path]:
-    images = sorted((ham_data / "ham10000" / "images").glob("*.jpg"))
-    assert len(images) >= 20
+def dsc_images(some_images) -> list[Path]:
+    images = some_images.dsc
+    assert len(images) >= 26
     return images
 
 
 @pytest.fixture(scope="module")
-def real_jpeg(real_images) -> bytes:
-    return real_images[0].read_bytes()
+def a_jpeg(dsc_images) -> bytes:
+    return dsc_images[0].read_bytes()
 
 
 def decode(data: bytes) -> Image.Image:
@@ -50,9 +49,9 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 # ------------------------------------------------------------------------------------------------- check_image
 
-def test_plain_rgb_jpeg_is_stored_as_is(real_jpeg):
-    checked = check_image(real_jpeg, BIG)
-    assert checked.stored == real_jpeg
+def test_plain_rgb_jpeg_is_stored_as_is(a_jpeg):
+    checked = check_image(a_jpeg, BIG)
+    assert checked.stored == a_jpeg
     assert (checked.extension, checked.width, checked.height, checked.format) == (".jpg", 600, 450, "JPEG")
 
 
@@ -68,21 +67,21 @@ def test_text_file_named_jpg_rejected(tmp_path):
         check_image(fake.read_bytes(), BIG)
 
 
-def test_truncated_jpeg_rejected(real_jpeg):
+def test_truncated_jpeg_rejected(a_jpeg):
     with pytest.raises(BadImage, match="truncated"):
-        check_image(real_jpeg[: len(real_jpeg) // 2], BIG)
+        check_image(a_jpeg[: len(a_jpeg) // 2], BIG)
 
 
-def test_png_over_max_pixels_rejected(real_jpeg):
-    png = encode(decode(real_jpeg), "PNG")
+def test_png_over_max_pixels_rejected(a_jpeg):
+    png = encode(decode(a_jpeg), "PNG")
     with pytest.raises(BadImage, match="over the limit") as error:
         check_image(png, max_pixels=600 * 450 - 1)
     assert "600x450" in str(error.value)
     assert check_image(png, max_pixels=600 * 450).width == 600  # exactly at the limit is fine
 
 
-def test_cmyk_jpeg_stored_as_rgb_png(real_jpeg):
-    original = decode(real_jpeg)
+def test_cmyk_jpeg_stored_as_rgb_png(a_jpeg):
+    original = decode(a_jpeg)
     cmyk = encode(original.convert("CMYK"), "JPEG", quality=95)
     assert decode(cmyk).mode == "CMYK"
     checked = check_image(cmyk, BIG)
@@ -93,8 +92,8 @@ def test_cmyk_jpeg_stored_as_rgb_png(real_jpeg):
     assert difference < 4, f"CMYK round trip differs from the original by {difference:.2f} levels on average"
 
 
-def test_16_bit_greyscale_png_scaled_to_8_bit(real_jpeg):
-    grey = np.asarray(decode(real_jpeg).convert("L"), dtype=np.uint16)
+def test_16_bit_greyscale_png_scaled_to_8_bit(a_jpeg):
+    grey = np.asarray(decode(a_jpeg).convert("L"), dtype=np.uint16)
     sixteen = Image.fromarray(grey * 257)
     assert sixteen.mode == "I;16"
     checked = check_image(encode(sixteen, "PNG"), BIG)
@@ -105,8 +104,8 @@ def test_16_bit_greyscale_png_scaled_to_8_bit(real_jpeg):
     assert np.abs(values[..., 0] - grey.astype(np.int16)).max() <= 1
 
 
-def test_palette_png_stored_as_its_rgb_colours(real_jpeg):
-    palette = decode(real_jpeg).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+def test_palette_png_stored_as_its_rgb_colours(a_jpeg):
+    palette = decode(a_jpeg).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     data = encode(palette, "PNG")
     assert decode(data).mode == "P"
     stored = decode(check_image(data, BIG).stored)
@@ -114,8 +113,8 @@ def test_palette_png_stored_as_its_rgb_colours(real_jpeg):
     assert (pixels(stored) == pixels(decode(data).convert("RGB"))).all()
 
 
-def test_rgba_png_composited_on_white(real_jpeg):
-    original = decode(real_jpeg)
+def test_rgba_png_composited_on_white(a_jpeg):
+    original = decode(a_jpeg)
     alpha = np.zeros((450, 600), dtype=np.uint8)
     alpha[:, 300:] = 255  # left half fully transparent, right half opaque
     rgba = original.copy()
@@ -127,8 +126,8 @@ def test_rgba_png_composited_on_white(real_jpeg):
     assert (values[:, 300:] == pixels(original)[:, 300:]).all()
 
 
-def test_greyscale_jpeg_stored_as_rgb(real_jpeg):
-    data = encode(decode(real_jpeg).convert("L"), "JPEG", quality=95)
+def test_greyscale_jpeg_stored_as_rgb(a_jpeg):
+    data = encode(decode(a_jpeg).convert("L"), "JPEG", quality=95)
     grey = pixels(decode(data))
     checked = check_image(data, BIG)
     stored = decode(checked.stored)
@@ -137,8 +136,8 @@ def test_greyscale_jpeg_stored_as_rgb(real_jpeg):
         assert (pixels(stored)[..., channel] == grey).all()
 
 
-def test_exif_orientation_6_stored_upright(real_jpeg):
-    original = decode(real_jpeg)
+def test_exif_orientation_6_stored_upright(a_jpeg):
+    original = decode(a_jpeg)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     data = encode(original, "JPEG", quality=95, exif=exif.tobytes())
@@ -182,18 +181,18 @@ def config(name: str, path: str) -> dict:
     return {"name": name, "kind": "export", "path": path, "options": OPTIONS}
 
 
-def test_ingest_counts_duplicates_bad_rows_and_containment(tmp_path, real_images):
+def test_ingest_counts_duplicates_bad_rows_and_containment(tmp_path, dsc_images):
     raw = tmp_path / "raw"
-    a_files = {f"a{i}.jpg": real_images[i].read_bytes() for i in range(5)}
+    a_files = {f"a{i}.jpg": dsc_images[i].read_bytes() for i in range(5)}
     a_files["a_copy.jpg"] = a_files["a1.jpg"]  # duplicate within the source
-    a_files["unlisted.jpg"] = real_images[10].read_bytes()
+    a_files["unlisted.jpg"] = dsc_images[10].read_bytes()
     a_files["empty.jpg"] = b""
     (tmp_path / "raw" / "x.jpg").parent.mkdir(parents=True)
-    (raw / "x.jpg").write_bytes(real_images[11].read_bytes())  # what "../x.jpg" would reach
+    (raw / "x.jpg").write_bytes(dsc_images[11].read_bytes())  # what "../x.jpg" would reach
     a_rows = [*(f"a{i}.jpg" for i in range(5)), "a_copy.jpg", "empty.jpg", "ghost.jpg", "../x.jpg"]
     make_export(raw / "a", a_files, a_rows)
-    b_files = {"b0.jpg": real_images[2].read_bytes(),  # duplicate across sources (of a2)
-               "sub/b1.jpg": real_images[6].read_bytes(), "b2.jpg": real_images[7].read_bytes()}
+    b_files = {"b0.jpg": dsc_images[2].read_bytes(),  # duplicate across sources (of a2)
+               "sub/b1.jpg": dsc_images[6].read_bytes(), "b2.jpg": dsc_images[7].read_bytes()}
     make_export(raw / "b", b_files, list(b_files))
     out = tmp_path / "out"
     before = snapshot(tmp_path, out)
@@ -203,7 +202,7 @@ def test_ingest_counts_duplicates_bad_rows_and_containment(tmp_path, real_images
     files_in = len(a_rows) + 1 + len(b_files)  # every index row plus the one unlisted file
     assert len(result.candidates) + len(result.rejects) == files_in
     assert len(result.candidates) == 5 + 2  # a0-a4, b1, b2 (the unlisted file is NOT a candidate)
-    expected_ids = {sha256_bytes(real_images[i].read_bytes()) for i in (0, 1, 2, 3, 4, 6, 7)}
+    expected_ids = {sha256_bytes(dsc_images[i].read_bytes()) for i in (0, 1, 2, 3, 4, 6, 7)}
     assert {c["candidate_id"] for c in result.candidates} == expected_ids
     assert len(result.candidates) == len(expected_ids)
     assert result.decoded == 7
@@ -218,7 +217,7 @@ def test_ingest_counts_duplicates_bad_rows_and_containment(tmp_path, real_images
     assert "ghost.jpg not found" in reasons[("vidir_modern", "ghost.jpg")]
     traversal = [r for r in result.rejects if "../x.jpg" in r["reason"]]
     assert len(traversal) == 1 and "bad file name" in traversal[0]["reason"]
-    assert sha256_bytes(real_images[11].read_bytes()) not in {c["candidate_id"] for c in result.candidates}
+    assert sha256_bytes(dsc_images[11].read_bytes()) not in {c["candidate_id"] for c in result.candidates}
 
     provenance = read_csv(out / "provenance.csv")
     by_candidate = {}
@@ -240,8 +239,8 @@ def test_ingest_counts_duplicates_bad_rows_and_containment(tmp_path, real_images
     assert objects == {c["object"] for c in candidates}
 
 
-def test_ingest_incremental_and_pruned(tmp_path, real_images):
-    names = {f"img{i}.jpg": real_images[20 + i].read_bytes() for i in range(6)}
+def test_ingest_incremental_and_pruned(tmp_path, dsc_images):
+    names = {f"img{i}.jpg": dsc_images[20 + i].read_bytes() for i in range(6)}
     source = [config("vidir_molemax", "src")]
     out = tmp_path / "out"
 
@@ -266,10 +265,10 @@ def test_ingest_incremental_and_pruned(tmp_path, real_images):
     assert {r["candidate_id"] for r in index} == {c["candidate_id"] for c in third.candidates}
 
 
-def test_source_image_type_and_dataset_reach_every_candidate(tmp_path, real_images):
+def test_source_image_type_and_dataset_reach_every_candidate(tmp_path, dsc_images):
     """`options.image_type` becomes each candidate's image_type_hint and `dataset` goes into its extra; changing
     them re-reads nothing (they are not part of what the read cache keeps)."""
-    names = {f"img{i}.jpg": real_images[30 + i].read_bytes() for i in range(3)}
+    names = {f"img{i}.jpg": dsc_images[20 + i].read_bytes() for i in range(3)}
     make_export(tmp_path / "src", names, list(names))
     out = tmp_path / "out"
 

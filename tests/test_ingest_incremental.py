@@ -1,5 +1,6 @@
 """Re-ingest reads only new or changed raw files: the read cache (`read_cache.json`, keyed by each file's stamp)
-against a fresh ingest of the same sources, on real images and the authors' real decks."""
+against a fresh ingest of the same sources, on dermatoscopic images (real where $HAM_DATA has them, else drawn: the
+`some_images` fixture) and the authors' real decks (real data only)."""
 from __future__ import annotations
 
 import csv
@@ -14,15 +15,13 @@ from pptx.util import Inches
 from pipeline.common import sha256_bytes
 from pipeline.ingest import READ_CACHE, ingest
 
-pytestmark = pytest.mark.real_data
-
 BIG = 100_000_000
 TABLES = ("candidates.csv", "rejects.csv", "provenance.csv", "objects/index.csv")
 
 
 @pytest.fixture(scope="module")
-def real_images(ham_data) -> list[Path]:
-    return sorted((ham_data / "ham10000" / "images").glob("*.jpg"))
+def real_images(some_images) -> list[Path]:
+    return some_images.dsc
 
 
 def write_index(root: Path, names: list[str]) -> None:

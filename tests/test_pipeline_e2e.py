@@ -88,7 +88,7 @@ SAMPLE_RAW = [f"data/raw/sample/{name}" for name in
 
 
 @pytest.mark.slow
-def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
+def test_demo_pipeline_reproduces_byte_for_byte(tmp_path, sample_raw):
     repo = copy_repository(tmp_path / "repo")
     run(["ham", "sample", "data/raw/sample"], repo)
     run(["dvc", "add", *SAMPLE_RAW], repo)  # as `make demo` does: the committed .dvc files come out unchanged
@@ -96,7 +96,7 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
     for stage in STAGES:  # split's only output is the committed registry, so a fresh clone may skip it
         assert f"Running stage '{stage}'" in first.stdout or f"Stage '{stage}' didn't change" in first.stdout
     assert "Running stage 'release'" in first.stdout
-    assert "unify coverage rosendahl: 47 reports:" in first.stdout  # the rules' coverage, per source
+    assert "unify coverage rosendahl: 54 reports:" in first.stdout  # the rules' coverage, per source
 
     rows = check_release(repo)
     assert set(rows) == {"train", "test"}
@@ -105,8 +105,10 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path):
     candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
     rejects = read_rows(repo / "data/interim/ingest/rejects.csv")
     excluded = read_rows(repo / "data/interim/metadata/excluded.csv")
-    raw_files = [p for p in (repo / "data/raw/sample").rglob("*") if p.parent.name == "images"]
-    assert len(candidates) + len(rejects) == len(raw_files)  # every raw item accounted for
+    _, written = sample_raw  # the same sample, written in-process: what each source folder holds
+    assert len(candidates) + len(rejects) == sum(w.items for w in written.values())  # every raw item accounted for
+    assert {(c["source"], c["kind"]) for c in candidates} == {
+        ("rosendahl", "pptx"), ("vidir_modern", "export"), ("vidir_molemax", "series"), ("vienna_dias", "slides")}
     assert len(candidates) == len(excluded) + sum(len(r) for r in rows.values())
     assert any("not a diagnosis" in e["reason"] or "residual" in e["reason"] for e in excluded)
     assert {e["stage"] for e in excluded} >= {"filter", "metadata"}

@@ -1,5 +1,6 @@
-"""Stage `release`: `build_release` on real HAM10000 images (standardised copies made in tmp_path): per-split
-images and metadata, a manifest with the right sha256 and size of every file, summary counts, and determinism."""
+"""Stage `release`: `build_release` on HAM10000 images (standardised copies made in tmp_path; real where $HAM_DATA
+has them, else the `some_images` fixture's made-up manifest): per-split images and metadata, a manifest with the
+right sha256 and size of every file, summary counts, and determinism."""
 from __future__ import annotations
 
 import json
@@ -15,18 +16,16 @@ from pipeline.release import build_release, format_summary
 from pipeline.split import assign_splits
 from pipeline.validate import validate_csv
 
-pytestmark = pytest.mark.real_data
-
 PARAMS = {"isic_attribution": "ViDIR Group, Department of Dermatology, Medical University of Vienna",
           "isic_license": "CC-BY-NC", "attribution": "Tschandl P, Rosendahl C, Kittler H. Sci. Data 5, 180161 (2018).",
           "license": "CC BY-NC 4.0", "version": "9.9"}
 
 
 @pytest.fixture(scope="module")
-def inputs(ham_data, tmp_path_factory):
-    """40 real images (whole lesions) with metadata, images table, split registry and standardised files."""
+def inputs(some_images, tmp_path_factory):
+    """Some 40 images (whole lesions) with metadata, images table, split registry and standardised files."""
     root = tmp_path_factory.mktemp("release-inputs")
-    manifest = read_csv(ham_data / "ham10000" / "images_manifest.csv")
+    manifest = some_images.manifest
     lesions = sorted({r["lesion_id"] for r in manifest})[::8]
     rows = [r for r in manifest if r["lesion_id"] in set(lesions)]
     assert len(rows) >= 30
@@ -35,7 +34,7 @@ def inputs(ham_data, tmp_path_factory):
     metadata, images = [], []
     for row in rows:
         name = f"{row['sha256']}-recipe.jpg"
-        shutil.copyfile(ham_data / "ham10000" / "images" / f"{row['image_id']}.jpg", standardised / name)
+        shutil.copyfile(some_images.file(row["image_id"]), standardised / name)
         metadata.append({"lesion_id": row["lesion_id"], "image_id": row["image_id"], "dx": row["dx"],
                          "dx_type": row["dx_type"], "age": "45.0", "sex": "male", "localization": "back",
                          "dataset": row["dataset"]})

@@ -1,4 +1,5 @@
-"""Source kind `export`: an image folder with a CSV or Excel index, built in tmp_path from real images."""
+"""Source kind `export`: an image folder with a CSV or Excel index, built in tmp_path from some dermatoscopic images
+(real ones where $HAM_DATA has them, else drawn: the `some_images` fixture)."""
 import csv
 import datetime
 import hashlib
@@ -19,8 +20,6 @@ def read_export(root, options):
     return list(expand(reader_module.read_export(root, options)))
 
 
-pytestmark = pytest.mark.real_data
-
 HEADER = ["Dateiname", "Läsion", "Befund", "Methode", "Alter", "Geschlecht", "Lokalisation", "Datum", "Notiz"]
 COLUMNS = {"file": "Dateiname", "lesion_key": "Läsion", "diagnosis": "Befund", "dx_type": "Methode", "age": "Alter",
            "sex": "Geschlecht", "localization": "Lokalisation", "visit_date": "Datum"}
@@ -30,8 +29,8 @@ DATES = [datetime.datetime(2004, 3, 1), datetime.date(2010, 12, 24), None, datet
 
 
 @pytest.fixture(scope="module")
-def real_images(ham_data):
-    return sorted((ham_data / "ham10000" / "images").glob("*.jpg"))[:8]
+def real_images(some_images):
+    return some_images.dsc[:8]
 
 
 def sheet_rows(names: list[str]) -> list[list]:

@@ -1,8 +1,9 @@
 """The `pptx` source (Rosendahl's practice): real sample decks, assembled decks with a companion workbook, bad
 input, LibreOffice conversion of legacy .ppt, and an incremental ingest run.
 
-Decks and workbooks are built with python-pptx / openpyxl in tmp_path from the real images in $HAM_DATA; nothing
-is copied into the project.
+Decks and workbooks are built with python-pptx / openpyxl in tmp_path from the real images and reports in $HAM_DATA
+(nothing is copied into the project), or, where it is absent, from images and reports drawn by the sample generator
+(the `some_images` fixture); the real decks and the bad-input test need the real data.
 """
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ def read_pptx(root, options):
     return list(expand(pptx_source.read_pptx(root, options)))
 
 
-pytestmark = pytest.mark.real_data
-
 NS_R = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 COLUMNS = {"lesion_key": "Lesion ID", "diagnosis": "Histology", "dx_type": "Method", "age": "Age", "sex": "Sex",
            "localization": "Site"}
@@ -42,27 +41,35 @@ COLUMNS = {"lesion_key": "Lesion ID", "diagnosis": "Histology", "dx_type": "Meth
 
 
 class Images:
-    """Real images handed out one at a time, so no two pictures share bytes (ingest would call them duplicates)."""
+    """Images handed out one at a time, so no two pictures share bytes (ingest would call them duplicates)."""
 
-    def __init__(self, ham_data: Path):
-        self.dsc = sorted((ham_data / "ham10000" / "images").glob("*.jpg"))
-        self.clinic = sorted((ham_data / "clinical" / "dermnet").glob("*.jpg"))
+    def __init__(self, some_images):
+        self.dsc, self.clinic = some_images.dsc, some_images.clinic
         assert len(self.dsc) > 40 and len(self.clinic) > 20
+        self.taken = {"dsc": 0, "clinic": 0}
 
     def take(self, kind: str) -> Path:
-        return (self.dsc if kind == "dsc" else self.clinic).pop(0)
+        kind = "dsc" if kind == "dsc" else "clinic"
+        self.taken[kind] += 1
+        return (self.dsc if kind == "dsc" else self.clinic)[self.taken[kind] - 1]
 
 
 @pytest.fixture()
-def images(ham_data) -> Images:
-    return Images(ham_data)
+def images(some_images) -> Images:
+    return Images(some_images)
 
 
 @pytest.fixture(scope="module")
-def reports(ham_data) -> dict[int, str]:
-    """The authors' free-text diagnosis examples, by case number."""
-    with open(ham_data / "ham10000" / "metadata" / "unify_diagnoses_example.csv", newline="",
-              encoding="utf-8") as handle:
+def reports(some_images) -> dict[int, str]:
+    """The authors' free-text diagnosis examples by case number, or, without the real data, the sample
+    generator's reports numbered the same way."""
+    if not some_images.real:
+        from pipeline.sample import DIAGNOSES
+
+        texts = [text for dx in sorted(DIAGNOSES) for text in DIAGNOSES[dx]]
+        return {number: texts[(number - 1) % len(texts)] for number in range(1, 31)}
+    examples = some_images.data / "ham10000" / "metadata" / "unify_diagnoses_example.csv"
+    with open(examples, newline="", encoding="utf-8") as handle:
         return {int(row["caseno"]): row["diagnosis"] for row in csv.DictReader(handle, delimiter=";")}
 
 

@@ -1,4 +1,5 @@
-"""`series` reader (MoleMax sequential imaging) on a tree built from real vidir_molemax images."""
+"""`series` reader (MoleMax sequential imaging) on a tree built from vidir_molemax follow-up images (real where
+$HAM_DATA has them, else drawn: the `some_images` fixture)."""
 import csv
 from pathlib import Path
 
@@ -15,8 +16,6 @@ def read_series(root, options):
     """The reader's output with every unit read, as ingest sees it on a first run."""
     return list(expand(reader_module.read_series(root, options)))
 
-
-pytestmark = pytest.mark.real_data
 
 LESIONS_HEADER = ["patient", "lesion", "diagnosis", "dx_type", "age", "sex", "localization"]
 
@@ -50,11 +49,8 @@ BAD_FILES = {  # origin -> words the reason must contain
 IGNORED = ["P001/L1/.DS_Store", "P002/Thumbs.db", "README.md"]
 
 
-def molemax_images(ham_data: Path) -> list[Path]:
-    with open(ham_data / "ham10000" / "images_manifest.csv", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle)
-                if row["dataset"] == "vidir_molemax" and row["dx_type"] == "follow_up"]
-    return [ham_data / "ham10000" / "images" / f"{row['image_id']}.jpg" for row in rows]
+def molemax_images(some_images) -> list[Path]:
+    return some_images.of("vidir_molemax", dx_type="follow_up")
 
 
 def write_lesions(path: Path, rows: list[list[str]], header=LESIONS_HEADER) -> None:
@@ -65,10 +61,10 @@ def write_lesions(path: Path, rows: list[list[str]], header=LESIONS_HEADER) -> N
 
 
 @pytest.fixture
-def series_tree(tmp_path, ham_data):
+def series_tree(tmp_path, some_images):
     """A series source in tmp_path; returns (root, {origin: bytes} of every good image)."""
     root = tmp_path / "molemax"
-    sources = iter(molemax_images(ham_data))
+    sources = iter(molemax_images(some_images))
     written = {}
     for (patient, lesion), names in SERIES.items():
         for name in names:
@@ -188,9 +184,9 @@ def test_series_named_lesions_file_missing(series_tree):
     assert len(items) == len(written) and all(item.fields["dx"] == "" for item in items)
 
 
-def test_series_date_pattern(tmp_path, ham_data):
+def test_series_date_pattern(tmp_path, some_images):
     root = tmp_path / "series"
-    images = molemax_images(ham_data)
+    images = molemax_images(some_images)
     for name, source in zip(["img_04.03.2017.jpg", "img_05.11.2018.jpg", "img_2018-11-05.jpg"], images):
         (root / "P1" / "L1").mkdir(parents=True, exist_ok=True)
         (root / "P1" / "L1" / name).write_bytes(source.read_bytes())

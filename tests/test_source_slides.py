@@ -1,4 +1,5 @@
-"""`slides` reader (scanned diapositives): mount border detection on scans made from real vienna_dias images."""
+"""`slides` reader (scanned diapositives): mount border detection on scans made from vienna_dias images (real
+where $HAM_DATA has them, else drawn: the `some_images` fixture)."""
 import csv
 import hashlib
 import io
@@ -19,8 +20,6 @@ def read_slides(root, options):
     return list(expand(reader_module.read_slides(root, options)))
 
 
-pytestmark = pytest.mark.real_data
-
 SCALE = 3
 # name -> (mount widths left, top, right, bottom in scan pixels, scanner bed width, format)
 SCANS = {
@@ -31,10 +30,8 @@ SCANS = {
 }
 
 
-def vienna_images(ham_data: Path) -> list[Path]:
-    with open(ham_data / "ham10000" / "images_manifest.csv", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["dataset"] == "vienna_dias"]
-    return [ham_data / "ham10000" / "images" / f"{row['image_id']}.jpg" for row in rows]
+def vienna_images(some_images) -> list[Path]:
+    return some_images.of("vienna_dias")
 
 
 def make_scan(picture: np.ndarray, mount: tuple, bed: int, seed: int) -> tuple[np.ndarray, tuple]:
@@ -70,10 +67,10 @@ def encode(scan: np.ndarray, kind: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def slide_source(tmp_path_factory, ham_data):
+def slide_source(tmp_path_factory, some_images):
     """Built once per module; tests must not change it."""
     root = tmp_path_factory.mktemp("slides") / "dias"
-    images = vienna_images(ham_data)
+    images = vienna_images(some_images)
     placed = {}  # name -> (upscaled picture, placed box, scan size)
     rows = []
     for number, (name, (mount, bed, kind)) in enumerate(SCANS.items()):

@@ -16,20 +16,19 @@ from pipeline.common import read_csv
 from pipeline.ingest import ingest
 from pipeline.standardise import standardise, standardise_image
 
-pytestmark = pytest.mark.real_data
-
 PARAMS = {"width": 600, "height": 450, "quality": 100, "density": 72}
 RED, GREEN, BLUE = (230, 20, 20), (20, 200, 40), (20, 30, 230)
 
 
+# Real HAM10000 and DermNet images where $HAM_DATA has them, else drawn ones of the same kinds (`some_images`).
 @pytest.fixture(scope="module")
-def real_images(ham_data) -> list[Path]:
-    return sorted((ham_data / "ham10000" / "images").glob("*.jpg"))
+def real_images(some_images):
+    return some_images.dsc
 
 
 @pytest.fixture(scope="module")
-def clinical_images(ham_data) -> list[Path]:
-    return sorted((ham_data / "clinical" / "dermnet").glob("*.jpg"))
+def clinical_images(some_images):
+    return some_images.clinic
 
 
 def open_rgb(path: Path) -> Image.Image:
