@@ -66,20 +66,37 @@ def ingest(params_path, out):
                f"{result.decoded} images decoded) -> {out}")
 
 
-@main.command("train-filter")
+@main.command("collect-annotated")
 @PARAMS_OPTION
 @click.option("--candidates", type=click.Path(path_type=Path), default="data/interim/ingest/candidates.csv",
               show_default=True)
 @click.option("--objects", type=click.Path(path_type=Path), default="data/interim/ingest/objects", show_default=True)
-@click.option("--model", type=click.Path(path_type=Path), default="models/filter.pt", show_default=True)
-@click.option("--metrics", type=click.Path(path_type=Path), default="metrics/filter.json", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default="data/interim/annotated", show_default=True)
 @friendly_errors
-def train_filter(params_path, candidates, objects, model, metrics):
-    """Train the image-type network (dsc / macro / clinic) on the annotated candidates."""
-    from .train_filter import train_filter as run
+def collect_annotated(params_path, candidates, objects, out):
+    """Copy the annotated candidates' images and labels into their own folder: all that training reads."""
+    from .annotations import collect_annotated as run
 
     params = load_params(params_path, "filter")
-    result = run(candidates, objects, Path(params["annotations"]), params, model, metrics)
+    counts = run(candidates, objects, Path(params["annotations"]), out)
+    click.echo(f"collect-annotated: {counts['collected']} annotated images ({counts['waiting']} annotations wait "
+               f"for their images) -> {out}")
+
+
+@main.command("train-filter")
+@PARAMS_OPTION
+@click.option("--annotated", type=click.Path(path_type=Path), default="data/interim/annotated", show_default=True,
+              help="Folder written by `ham collect-annotated`.")
+@click.option("--model", type=click.Path(path_type=Path), default="models/filter.pt", show_default=True)
+@click.option("--metrics", type=click.Path(path_type=Path), default="metrics/filter.json", show_default=True)
+@click.option("--confusion", type=click.Path(path_type=Path), default="metrics/filter_confusion.csv",
+              show_default=True)
+@friendly_errors
+def train_filter(params_path, annotated, model, metrics, confusion):
+    """Train the image-type network (dsc / macro / clinic) on the annotated images."""
+    from .train_filter import train_filter as run
+
+    result = run(annotated, load_params(params_path, "filter"), model, metrics, confusion)
     click.echo(f"train-filter: {result['trained_on']} images, held-out accuracy {result['holdout_accuracy']} "
                f"on {result['held_out']} -> {model}")
 
@@ -93,16 +110,39 @@ def train_filter(params_path, candidates, objects, model, metrics):
 @click.option("--out", type=click.Path(path_type=Path), default="data/interim/filter", show_default=True)
 @friendly_errors
 def filter_(params_path, candidates, objects, model, out):
-    """Decide every candidate's image type (annotation first, else the model); keep dermatoscopic images and
-    write the review queue of uncertain ones."""
+    """Decide every candidate's image type (annotation, then a source's declared type, else the model); keep
+    dermatoscopic images and write the review queue."""
     from .filter import decide
 
     params = load_params(params_path, "filter")
+    counts = {}
     decisions = decide(candidates, objects, Path(params["annotations"]), model, params, out / "decisions.csv",
-                       out / "review_queue.csv")
+                       out / "review_queue.csv", counts=counts)
     kept = sum(d["keep"] == "true" for d in decisions)
     review = sum(d["review"] == "true" for d in decisions)
-    click.echo(f"filter: {kept} of {len(decisions)} kept, {review} queued for review -> {out}")
+    click.echo(f"filter: {kept} of {len(decisions)} kept, {review} queued for review ({counts.get('scored', 0)} "
+               f"scored on {counts.get('device', '-')}, {counts.get('cached', 0)} from the prediction cache) -> {out}")
+
+
+@main.command()
+@PARAMS_OPTION
+@click.option("--queue", type=click.Path(path_type=Path), default="data/interim/filter/review_queue.csv",
+              show_default=True, help="Review queue to annotate (ignored with --folder).")
+@click.option("--objects", type=click.Path(path_type=Path), default="data/interim/ingest/objects", show_default=True)
+@click.option("--folder", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Annotate every image of this folder instead of the review queue.")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None,
+              help="CSV the answers are appended to (default: params filter.annotations).")
+@click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@friendly_errors
+def annotate(params_path, queue, objects, folder, annotations, port):
+    """Serve the annotation page on 127.0.0.1: keys d / c / m answer, s skips, u undoes; every answer is appended
+    at once as IMAGE,ANNOTATION,TIMESTAMP, so work resumes where it stopped."""
+    from .annotate import serve
+
+    if annotations is None:
+        annotations = Path(load_params(params_path, "filter")["annotations"])
+    serve(annotations, queue=None if folder else queue, objects=objects, folder=folder, port=port)
 
 
 @main.command()
