@@ -36,7 +36,7 @@ def _export(root: Path, images: list[Path], lesions: dict[str, str]) -> None:
     root.mkdir(parents=True)
     with open(root / "index.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "lesion"])
+        writer.writerow(["file", "lesion_key"])
         for image in images:
             (root / image.name).symlink_to(image)  # the real data is read in place
             writer.writerow([image.name, lesions.get(image.stem, image.stem)])
@@ -58,7 +58,8 @@ def workspace(ham_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("filter")
     manifest = list(csv.DictReader(open(ham_data / "ham10000" / "images_manifest.csv")))
     lesions = {row["image_id"]: row["lesion_id"] for row in manifest}
-    dermoscopic = sorted((ham_data / "ham10000" / "images").glob("*.jpg"))[:N_EACH]
+    by_lesion = sorted(manifest, key=lambda row: (row["lesion_id"], row["image_id"]))[:N_EACH]
+    dermoscopic = [ham_data / "ham10000" / "images" / f"{row['image_id']}.jpg" for row in by_lesion]
     clinical = sorted((ham_data / "clinical" / "dermnet").glob("*.jpg"))[::4][:N_EACH]
     assert len(dermoscopic) == len(clinical) == N_EACH
     _export(root / "raw" / "dsc", dermoscopic, lesions)
@@ -143,7 +144,8 @@ def test_training_metrics_and_lesion_grouped_holdout(workspace):
     for row in index:
         sides.setdefault(group_of(row), set()).add(row["candidate_id"] in held)
     assert all(len(s) == 1 for s in sides.values())
-    assert any(sum(1 for r in index if group_of(r) == g) > 1 for g, s in sides.items() if True in s)
+    sizes = [sum(1 for r in index if group_of(r) == g) for g, s in sides.items() if True in s]
+    assert max(sizes) > 1, "no held-out lesion with several images: the grouping went untested"
 
 
 def test_training_is_byte_identical_whatever_the_workers(workspace, tmp_path):
@@ -317,8 +319,11 @@ def test_public_release_is_released_whole_against_a_macro_model(ham_data, tmp_pa
     from tests.test_source_ham10000 import build_release
 
     build_release(tmp_path / "raw" / "public", ham_data)
+    export = ham_data / "ham10000" / "metadata" / "ISIC_archive_HAM10000_collection_metadata.csv"
+    (tmp_path / "raw" / "public" / export.name).symlink_to(export)  # the test images' lesions and dx_type
     out = tmp_path / "ingest"
-    result = ingest([{"name": "public", "kind": "ham10000", "path": "raw/public"}], tmp_path, out, 10 ** 8)
+    result = ingest([{"name": "public", "kind": "ham10000", "path": "raw/public",
+                      "options": {"test_metadata": export.name}}], tmp_path, out, 10 ** 8)
     assert len(result.candidates) == 490 + 70 and all(c["image_type_hint"] == "dsc" for c in result.candidates)
     model = _macro_model(tmp_path / "macro.pt")
     decisions = decide(out / "candidates.csv", out / "objects", tmp_path / "none.csv", model, DECIDE_PARAMS,
@@ -336,6 +341,8 @@ def test_public_release_is_released_whole_against_a_macro_model(ham_data, tmp_pa
                             tmp_path / "std" / "index.csv",
                             {**params["metadata"], "official_lesion_ids_from": ["public"]}, tmp_path / "registry",
                             tmp_path / "metadata")
-    assert counts["rows"] == 490 + 70 and counts["excluded"] == 0
+    excluded = read_csv(tmp_path / "metadata" / "excluded.csv")
+    assert [e for e in excluded if e["stage"] == "filter"] == []
+    assert counts["rows"] == 490 + 70 and counts["excluded"] == 0, [e["reason"] for e in excluded[:3]]
     released = {row["image_id"] for row in read_csv(tmp_path / "metadata" / "metadata.csv")}
     assert released == {c["image_id"] for c in result.candidates}
