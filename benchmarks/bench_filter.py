@@ -135,6 +135,11 @@ def evaluate(model_path: Path, held: list[dict], params: dict) -> dict:
         "error_rate_without_review": round(float((~right & ~review).sum() / max(1, (~review).sum())), 4),
         "median_confidence_dsc": float(np.median(confidence[truth_keep])),
     }
+    result["by_threshold"] = {
+        str(t): {"sent_to_review": round(float((confidence < t).mean()), 4),
+                 "error_rate_without_review": round(float((~right & (confidence >= t)).sum() /
+                                                          max(1, (confidence >= t).sum())), 4)}
+        for t in (0.6, 0.7, 0.8, 0.9, 0.95)}
     result["watermark_crop_change_points"] = round(
         100 * (result["clinic_dropped"] - result["clinic_dropped_watermark_cropped"]), 2)
     return result

@@ -346,3 +346,58 @@ def test_public_release_is_released_whole_against_a_macro_model(ham_data, tmp_pa
     assert counts["rows"] == 490 + 70 and counts["excluded"] == 0, [e["reason"] for e in excluded[:3]]
     released = {row["image_id"] for row in read_csv(tmp_path / "metadata" / "metadata.csv")}
     assert released == {c["image_id"] for c in result.candidates}
+
+
+def _full_size_release(root: Path, ham_data: Path) -> int:
+    """The public release at full size: every row of the real metadata (10015) and of the ISIC 2018 test ground
+    truth (1512) gets a distinct JPEG, made from the real images (cycled) with the image's number written into
+    a few pixels, in the Dataverse zips."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    ham = ham_data / "ham10000"
+    root.mkdir(parents=True)
+    bases = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((ham / "images").glob("*.jpg")) +
+             sorted((ham / "test_images").glob("*.jpg"))]
+    shutil.copyfile(ham / "metadata" / "HAM10000_metadata.csv", root / "HAM10000_metadata.csv")
+    shutil.copyfile(ham / "metadata" / "ISIC2018_Task3_Test_GroundTruth.csv",
+                    root / "ISIC2018_Task3_Test_GroundTruth.csv")
+    train_ids = [r["image_id"] for r in csv.DictReader(open(ham / "metadata" / "HAM10000_metadata.csv"))]
+    test_ids = [r["image"] for r in csv.DictReader(open(ham / "metadata" / "ISIC2018_Task3_Test_GroundTruth.csv"))]
+    assert (len(train_ids), len(test_ids)) == (10015, 1512)
+
+    def jpeg(number: int) -> bytes:
+        pixels = bases[number % len(bases)].copy()
+        pixels[:8, :24] = np.frombuffer(number.to_bytes(3, "big") * 64, np.uint8).reshape(8, 24)[:, :24, None]
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    half = len(train_ids) // 2
+    for name, ids, offset, folder in (("HAM10000_images_part_1.zip", train_ids[:half], 0, ""),
+                                      ("HAM10000_images_part_2.zip", train_ids[half:], half, ""),
+                                      ("ISIC2018_Task3_Test_Input.zip", test_ids, len(train_ids),
+                                       "ISIC2018_Task3_Test_Input/")):
+        with zipfile.ZipFile(root / name, "w", zipfile.ZIP_STORED) as archive:
+            for number, image_id in enumerate(ids, start=offset):
+                archive.writestr(f"{folder}{image_id}.jpg", jpeg(number))
+    return len(train_ids) + len(test_ids)
+
+
+@pytest.mark.slow
+def test_full_size_public_release_is_kept_whole_against_a_macro_model(ham_data, tmp_path):
+    """10015 + 1512 distinct images through ingest and filter: a network that calls them all close-ups keeps
+    every one (and queues them all for review)."""
+    total = _full_size_release(tmp_path / "raw" / "public", ham_data)
+    out = tmp_path / "ingest"
+    result = ingest([{"name": "public", "kind": "ham10000", "path": "raw/public"}], tmp_path, out, 10 ** 8)
+    assert len(result.candidates) == total == 11527, result.rejects[:3]
+    decisions = decide(out / "candidates.csv", out / "objects", tmp_path / "none.csv",
+                       _macro_model(tmp_path / "macro.pt"), DECIDE_PARAMS, tmp_path / "decisions.csv",
+                       tmp_path / "review.csv", tmp_path / "cache")
+    assert len(decisions) == total
+    assert all(d["keep"] == "true" and d["decided_by"] == "source" for d in decisions)
+    assert len(read_csv(tmp_path / "review.csv")) == total
