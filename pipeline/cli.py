@@ -95,19 +95,34 @@ def ingest(params_path, out):
                f"{result.decoded} images decoded) -> {out}")
 
 
-@main.command("train-filter")
+@main.command("collect-annotated")
 @PARAMS_OPTION
 @CANDIDATES
 @OBJECTS
-@MODEL
-@path_option("--metrics", "metrics/filter.json", "Held-out accuracy of the network.")
+@path_option("--out", "data/interim/annotated", "Folder of the annotated images and their index.")
 @friendly_errors
-def train_filter(params_path, candidates, objects, model, metrics):
-    """Train the image-type network (dsc / macro / clinic) on the annotated candidates."""
-    from .train_filter import train_filter as run
+def collect_annotated(params_path, candidates, objects, out):
+    """Copy the annotated candidates' images and labels into their own folder: all that training reads."""
+    from .annotations import collect_annotated as run
 
     params = section(params_path, "filter")
-    result = run(candidates, objects, Path(params["annotations"]), params, model, metrics)
+    counts = run(candidates, objects, Path(params["annotations"]), out)
+    click.echo(f"collect-annotated: {counts['collected']} annotated images ({counts['waiting']} annotations wait "
+               f"for their images) -> {out}")
+
+
+@main.command("train-filter")
+@PARAMS_OPTION
+@path_option("--annotated", "data/interim/annotated", "Folder written by `ham collect-annotated`.")
+@MODEL
+@path_option("--metrics", "metrics/filter.json", "Held-out accuracy, per-class precision and recall.")
+@path_option("--confusion", "metrics/filter_confusion.csv", "Held-out confusion rows for `dvc plots`.")
+@friendly_errors
+def train_filter(params_path, annotated, model, metrics, confusion):
+    """Train the image-type network (dsc / macro / clinic) on the annotated images."""
+    from .train_filter import train_filter as run
+
+    result = run(annotated, section(params_path, "filter"), model, metrics, confusion)
     click.echo(f"train-filter: {result['trained_on']} images, held-out accuracy {result['holdout_accuracy']} "
                f"on {result['held_out']} -> {model}")
 
@@ -120,16 +135,39 @@ def train_filter(params_path, candidates, objects, model, metrics):
 @path_option("--out", "data/interim/filter", "Folder of the decisions and the review queue.")
 @friendly_errors
 def filter_(params_path, candidates, objects, model, out):
-    """Decide every candidate's image type (annotation first, else the model); keep dermatoscopic images and
-    write the review queue of uncertain ones."""
+    """Decide every candidate's image type (annotation, then a source's declared type, else the model); keep
+    dermatoscopic images and write the review queue."""
     from .filter import decide
 
     params = section(params_path, "filter")
+    counts = {}
     decisions = decide(candidates, objects, Path(params["annotations"]), model, params, out / "decisions.csv",
-                       out / "review_queue.csv")
+                       out / "review_queue.csv", counts=counts)
     kept = sum(d["keep"] == "true" for d in decisions)
     review = sum(d["review"] == "true" for d in decisions)
-    click.echo(f"filter: {kept} of {len(decisions)} kept, {review} queued for review -> {out}")
+    click.echo(f"filter: {kept} of {len(decisions)} kept, {review} queued for review ({counts.get('scored', 0)} "
+               f"scored on {counts.get('device', '-')}, {counts.get('cached', 0)} from the prediction cache) -> {out}")
+
+
+@main.command()
+@PARAMS_OPTION
+@click.option("--queue", type=click.Path(path_type=Path), default="data/interim/filter/review_queue.csv",
+              show_default=True, help="Review queue to annotate (ignored with --folder).")
+@click.option("--objects", type=click.Path(path_type=Path), default="data/interim/ingest/objects", show_default=True)
+@click.option("--folder", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Annotate every image of this folder instead of the review queue.")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None,
+              help="CSV the answers are appended to (default: params filter.annotations).")
+@click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@friendly_errors
+def annotate(params_path, queue, objects, folder, annotations, port):
+    """Serve the annotation page on 127.0.0.1: keys d / c / m answer, s skips, u undoes; every answer is appended
+    at once as IMAGE,ANNOTATION,TIMESTAMP, so work resumes where it stopped."""
+    from .annotate import serve
+
+    if annotations is None:
+        annotations = Path(load_params(params_path, "filter")["annotations"])
+    serve(annotations, queue=None if folder else queue, objects=objects, folder=folder, port=port)
 
 
 @main.command()

@@ -1,63 +1,174 @@
-"""Stage `filter`: decide each candidate's image type, keep the dermatoscopic ones, queue the uncertain for review.
+"""Stage `filter`: decide each candidate's image type, keep the dermatoscopic ones, queue the doubtful for review.
 
-A person's annotation beats the model: annotated candidates are decided by it with confidence 1. Model decisions
-below `review_below` go to the review queue (most uncertain first); below `min_confidence` they are not kept.
+Who decides, in order:
+1. `annotation`: a person's d / c / m label (the annotations CSV) decides, confidence 1.
+2. `source`: a source that declares its images' type (`image_type_hint`: the `ham10000` kind, ISIC's image_type,
+   a source's `image_type` option) decides when `trust_source_types` is on (default). The model still scores the
+   image; where the model's guess differs, the image goes to the review queue, and stays kept or dropped by its
+   declared type until a person answers.
+3. `model`: the network's most probable type; below `review_below` it goes to the review queue, below
+   `min_confidence` it is not kept.
+
+Probabilities are written, and every decision made, at two decimals: a GPU's float32 results differ from the
+CPU's in the last bits only, so `decisions.csv` and `review_queue.csv` come out identical on both (a probability
+would have to lie within float round-off of a rounding boundary, x.xx5, to flip).
+
+Inference streams: a DataLoader whose worker processes decode images (JPEG draft mode) in parallel feeds batches
+to the device, so memory is bounded by batch_size x workers, not by the number of candidates. Predictions are
+cached per (candidate content hash, model file hash, preprocessing) in `<cache>/<key>.csv`, not a DVC output and
+appended batch by batch, so a new batch of candidates is scored alone and a killed run resumes.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-from .common import read_csv, write_csv, progress
-from .filter_model import load_model, load_pixels, pick_device, predict_probabilities
-from .vocabulary import IMAGE_TYPES
-from .train_filter import read_annotations
+from .annotations import IMAGE_TYPES, read_annotations_if_any
+from .common import PipelineError, read_csv, stable_hash, write_csv
+from .codedeps import code_version
+from .filter_model import (exact_float32, load_model, load_pixels, model_hash, pick_device,
+                           predict_batch)
 
 DECISION_COLUMNS = ("candidate_id", "image_type", "confidence", "p_dsc", "p_macro", "p_clinic", "decided_by",
                     "keep", "review")
-REVIEW_COLUMNS = ("candidate_id", "object", "source", "origin", "member", "image_type", "confidence")
+REVIEW_COLUMNS = ("candidate_id", "object", "source", "origin", "member", "image_type", "decided_by", "model_type",
+                  "confidence")
+CACHE_COLUMNS = ("candidate_id", *(f"p_{t}" for t in IMAGE_TYPES))
 
 
-def _fmt(probability: float) -> str:
-    # Rounded so CPU and GPU runs, whose last bits differ, write the same table.
-    return f"{probability:.4f}"
+class CandidateImages(Dataset):
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return torch.from_numpy(load_pixels(self.paths[index], self.size)), index
 
 
-def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path, model_path: Path, params: dict,
-           decisions_csv: Path, review_csv: Path) -> list[dict]:
-    candidates = read_csv(candidates_csv, ("candidate_id", "object"))
-    labels = read_annotations(annotations_csv) if annotations_csv and Path(annotations_csv).exists() else {}
-    device = pick_device()
+def _read_cache(path: Path) -> dict[str, tuple[float, ...]]:
+    cached = {}
+    if path.exists():
+        with open(path, encoding="utf-8") as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.rstrip("\n").split(",")
+                if len(fields) == 4:  # a line cut short by a killed run is scored again
+                    try:
+                        cached[fields[0]] = tuple(float(v) for v in fields[1:])
+                    except ValueError:
+                        pass
+    return cached
+
+
+def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: dict, cache_dir: Path,
+          counts: dict | None = None) -> dict[str, tuple[float, ...]]:
+    """candidate_id -> the model's probabilities (float32 values, IMAGE_TYPES order), from the cache where known."""
+    device = pick_device(params.get("device", "auto"))
+    # The model's bytes and the code that decodes and scores an image (filter_model's import closure).
+    key = stable_hash([model_hash(model_path), code_version("pipeline.filter_model")])[:24]
+    cache_path = Path(cache_dir) / f"{key}.csv"
+    cached = _read_cache(cache_path)
+    todo = sorted({row["candidate_id"]: row for row in candidates if row["candidate_id"] not in cached}.values(),
+                  key=lambda row: row["candidate_id"])
+    if counts is not None:
+        counts.update(scored=len(todo), cached=len({r["candidate_id"] for r in candidates}) - len(todo),
+                      device=device.type)
+    if not todo:
+        return cached
     model, meta = load_model(model_path, device)
-    to_predict = [row for row in candidates if row["candidate_id"] not in labels]
-    pixels = np.stack([load_pixels(objects_dir / row["object"], meta["image_size"])
-                       for row in progress(to_predict, f"filter ({device.type})")]) if to_predict else np.zeros(0)
-    probabilities = predict_probabilities(model, pixels, device, params.get("batch_size", 256)) if to_predict else []
-    predicted = {row["candidate_id"]: p for row, p in zip(to_predict, probabilities)}
+    exact_float32(device)
+    workers = int(params.get("workers", min(4, os.cpu_count() or 1)))
+    threads = torch.get_num_threads()
+    if device.type == "cpu":  # leave the cores the decoding workers use
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    paths = [Path(objects_dir) / row["object"] for row in todo]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise PipelineError(f"{missing[0]}: object missing from {objects_dir} ({len(missing)} missing)")
+    loader = DataLoader(CandidateImages(paths, meta["image_size"]),
+                        batch_size=int(params.get("inference_batch_size", 256)),
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not cache_path.exists() or cache_path.stat().st_size == 0
+    done = 0
+    try:
+        with open(cache_path, "a", encoding="utf-8") as handle:
+            if new_file:
+                handle.write(",".join(CACHE_COLUMNS) + "\n")
+            for batch, index in loader:
+                probabilities = predict_batch(model, batch, device)
+                lines = []
+                for i, p in zip(index.tolist(), probabilities):
+                    values = tuple(float(v) for v in p)  # float32 -> float: exact, and exact again through repr
+                    cached[todo[i]["candidate_id"]] = values
+                    lines.append(f"{todo[i]['candidate_id']},{','.join(repr(v) for v in values)}\n")
+                handle.write("".join(lines))
+                handle.flush()
+                done += len(lines)
+                print(f"filter ({device.type}): {done}/{len(todo)} scored", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return cached
 
-    decisions, review = [], []
+
+def _rounded(probabilities) -> list[float]:
+    return [round(float(p), 2) for p in probabilities]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None, model_path: Path, params: dict,
+           decisions_csv: Path, review_csv: Path, cache_dir: Path | None = None,
+           counts: dict | None = None) -> list[dict]:
+    candidates = read_csv(candidates_csv, ("candidate_id", "object", "source", "origin", "member"))
+    labels = read_annotations_if_any(annotations_csv)
+    trust = params.get("trust_source_types", True)
+    hints = {row["candidate_id"]: (row.get("image_type_hint") or "") for row in candidates}
+    for number, row in enumerate(candidates, start=2):
+        if hints[row["candidate_id"]] not in ("", *IMAGE_TYPES):
+            raise PipelineError(f"{candidates_csv} row {number}: image_type_hint {hints[row['candidate_id']]!r} is "
+                                f"not one of {', '.join(IMAGE_TYPES)}")
+    to_score = [row for row in candidates if row["candidate_id"] not in labels]
+    cache_dir = Path(cache_dir) if cache_dir else Path(decisions_csv).parent / "predictions"
+    predicted = score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts) if to_score else {}
+
+    decisions, review = {}, []
     for row in candidates:
         candidate_id = row["candidate_id"]
+        if candidate_id in decisions:
+            continue
+        probs = _rounded(predicted[candidate_id]) if candidate_id in predicted else None
+        # Ties at two decimals go to the first type in IMAGE_TYPES order: the same on every machine.
+        model_type = IMAGE_TYPES[int(np.argmax(probs))] if probs else ""
+        model_confidence = max(probs) if probs else None
         if candidate_id in labels:
-            image_type = labels[candidate_id]
-            probs = [1.0 if t == image_type else 0.0 for t in IMAGE_TYPES]
-            decided_by = "annotation"
+            image_type, confidence, decided_by, needs_review = labels[candidate_id], 1.0, "annotation", False
+        elif trust and hints[candidate_id]:
+            image_type, confidence, decided_by = hints[candidate_id], 1.0, "source"
+            needs_review = model_type != image_type
         else:
-            probs = [float(p) for p in predicted[candidate_id]]
-            image_type = IMAGE_TYPES[int(np.argmax(probs))]
-            decided_by = "model"
-        confidence = float(_fmt(max(probs)))
-        needs_review = decided_by == "model" and confidence < params["review_below"]
-        keep = image_type in params["keep_types"] and confidence >= params["min_confidence"]
-        decisions.append({"candidate_id": candidate_id, "image_type": image_type, "confidence": _fmt(confidence),
-                          **{f"p_{t}": _fmt(p) for t, p in zip(IMAGE_TYPES, probs)}, "decided_by": decided_by,
-                          "keep": str(keep).lower(), "review": str(needs_review).lower()})
+            image_type, confidence, decided_by = model_type, model_confidence, "model"
+            needs_review = confidence < params["review_below"]
+        keep = image_type in params["keep_types"] and (decided_by != "model" or confidence >= params["min_confidence"])
+        decisions[candidate_id] = {
+            "candidate_id": candidate_id, "image_type": image_type, "confidence": _fmt(confidence),
+            **{f"p_{t}": (_fmt(p) if probs else "") for t, p in zip(IMAGE_TYPES, probs or IMAGE_TYPES)},
+            "decided_by": decided_by, "keep": str(keep).lower(), "review": str(needs_review).lower()}
         if needs_review:
             review.append({**{k: row[k] for k in ("candidate_id", "object", "source", "origin", "member")},
-                           "image_type": image_type, "confidence": _fmt(confidence)})
-    decisions.sort(key=lambda d: d["candidate_id"])
-    review.sort(key=lambda r: (float(r["confidence"]), r["candidate_id"]))
-    write_csv(decisions_csv, decisions, DECISION_COLUMNS)
+                           "image_type": image_type, "decided_by": decided_by, "model_type": model_type,
+                           "confidence": _fmt(model_confidence)})
+    ordered = [decisions[c] for c in sorted(decisions)]
+    # Most doubtful first: the model's own unsure decisions by confidence, then the sources the model contradicts.
+    review.sort(key=lambda r: (r["decided_by"] == "source", float(r["confidence"]), r["candidate_id"]))
+    write_csv(decisions_csv, ordered, DECISION_COLUMNS)
     write_csv(review_csv, review, REVIEW_COLUMNS)
-    return decisions
+    return ordered

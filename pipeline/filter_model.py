@@ -1,67 +1,208 @@
-"""The image-type network shared by `train_filter` and `filter`: a small CNN over downscaled images.
+"""The image-type network shared by `train_filter` and `filter`, and how images reach it.
 
 Types follow the authors' annotation keys: d = dermatoscopic (`dsc`), m = close-up (`macro`), c = overview
-(`clinic`). Runs on CUDA when present, else on the CPU.
+(`clinic`). The network is a small ResNet (basic residual blocks, batch norm, four stages) trained from scratch:
+no downloadable weights exist here.
+
+Every image reaches the network the same way in training and inference: JPEG draft-mode decoding (libjpeg scales
+down while decoding), converted to RGB, the whole frame squeezed to a square (borders and corners stay visible, so
+the training augmentations, not the preprocessing, must teach the network to ignore them), uint8 until it is on
+the device.
+
+Devices: `auto` picks CUDA when present, else the CPU; `cuda` without CUDA is an error. Inference runs in float32
+with TF32 off on every device, so a GPU's probabilities stay within float round-off of the CPU's; mixed precision
+(bfloat16 autocast) is used only for training on CUDA.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance
 from torch import nn
 
-from .ingest import to_rgb
-from .vocabulary import IMAGE_TYPES
+from .annotations import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401  (re-exported for older imports)
+from .common import PipelineError, atomic_write_bytes
+from .imaging import to_rgb
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class ImageTypeNet(nn.Module):
-    def __init__(self, width: int = 16):
+    """ResNet-style: a strided stem, four stages of `blocks` basic blocks (widths w, 2w, 4w, 8w; each later stage
+    halves the resolution), global average pooling, dropout, a linear head. Input: uint8 or float images in
+    [0, 255], shape (N, 3, S, S)."""
+
+    def __init__(self, width: int = 16, blocks: int = 1, dropout: float = 0.2):
         super().__init__()
-
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-
-        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                                      block(4 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(4 * width, len(IMAGE_TYPES))
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, cin = [], width
+        for stage, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            for block in range(blocks):
+                layers.append(BasicBlock(cin, cout, 2 if stage and not block else 1))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(cin, len(IMAGE_TYPES)))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(batch))
+        x = (batch.float() - 127.5) / 64.0
+        return self.head(self.stages(self.stem(x)))
+
+
+def open_rgb(path: Path, draft_size: int) -> Image.Image:
+    """Decode an image as RGB; JPEGs in draft mode at no less than `draft_size` on the short side."""
+    with Image.open(path) as image:
+        image.draft("RGB", (draft_size, draft_size))
+        return to_rgb(image)
 
 
 def load_pixels(path: Path, size: int) -> np.ndarray:
-    """An image as a (3, size, size) float32 array in [0, 1]; the whole frame squeezed, so borders stay visible."""
-    with Image.open(path) as image:
-        image.draft("RGB", (size * 2, size * 2))  # let libjpeg decode at reduced size: much faster on big files
-        small = to_rgb(image).resize((size, size), Image.BILINEAR)
-    return np.asarray(small, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    """An image as a (3, size, size) uint8 array: the whole frame squeezed, so borders stay visible."""
+    small = open_rgb(path, size).resize((size, size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(small, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# ---- training augmentations: break the shortcuts a from-scratch network would otherwise learn ----------------
+
+def _corner_box(rng: np.random.Generator, width: int, height: int, fraction: tuple[float, float]):
+    w = int(width * rng.uniform(*fraction))
+    h = int(height * rng.uniform(*fraction))
+    corner = rng.integers(4)
+    x0 = 0 if corner in (0, 3) else width - w
+    y0 = 0 if corner in (0, 1) else height - h
+    return x0, y0, x0 + w, y0 + h
+
+
+def augment(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One random view of an RGB image as a (3, size, size) uint8 array. Watermarks sit in corners (DermNet's in
+    the lower left): a corner is erased, or marked with text or a logo-like box, in any class, so a corner tells
+    nothing. Slide mounts and letterboxing: random borders. Orientation: flips and quarter turns. Framing: random
+    resized crops. Cameras and compression: colour jitter and JPEG re-encoding."""
+    image = image.copy()
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    if rng.random() < 0.35:  # a watermark-like mark in a random corner
+        x0, y0, x1, y1 = _corner_box(rng, width, height, (0.15, 0.45))
+        shade = tuple(int(v) for v in rng.integers(0, 256, 3))
+        style = rng.integers(3)
+        if style == 0:
+            for line in range(int(rng.integers(1, 4))):
+                text = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(4, 14))))
+                draw.text((x0 + 2, y0 + 2 + 11 * line), text, fill=shade)
+        elif style == 1:
+            draw.rectangle((x0, y0, x1, y1), outline=shade, width=int(rng.integers(1, 4)))
+        else:  # a round logo with stripes, like DermNet's
+            draw.ellipse((x0, y0, x1, y1), fill=shade)
+            back = tuple(255 - v for v in shade)
+            for y in range(y0, y1, max(2, (y1 - y0) // 6)):
+                draw.line((x0, y, x1, y), fill=back, width=1)
+    if rng.random() < 0.3:  # a corner erased (the watermark's place cropped away or covered)
+        shade = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.rectangle(_corner_box(rng, width, height, (0.15, 0.4)), fill=shade)
+    if rng.random() < 0.25:  # a border: slide mount, letterbox, scanner bed
+        shade = int(rng.choice([0, 0, 255, int(rng.integers(0, 256))]))
+        sides = rng.uniform(0, 0.15, 4) * (rng.random(4) < 0.7)
+        left, top, right, bottom = (int(sides[0] * width), int(sides[1] * height), int(sides[2] * width),
+                                    int(sides[3] * height))
+        framed = Image.new("RGB", (width + left + right, height + top + bottom), (shade,) * 3)
+        framed.paste(image, (left, top))
+        image, (width, height) = framed, framed.size
+    # random resized crop: 35-100 % of the area, aspect 3:4 to 4:3
+    for _ in range(10):
+        area = width * height * rng.uniform(0.35, 1.0)
+        ratio = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+        w, h = int(round((area * ratio) ** 0.5)), int(round((area / ratio) ** 0.5))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            break
+    else:
+        x, y, w, h = 0, 0, width, height
+    image = image.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h))
+    if rng.random() < 0.8:  # colour jitter
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.6, 1.4))
+    if rng.random() < 0.5:  # JPEG re-encoding at a random quality
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(25, 96)))
+        buffer.seek(0)
+        image = Image.open(buffer).convert("RGB")
+    array = np.asarray(image, dtype=np.uint8)
+    if rng.random() < 0.5:
+        array = array[:, ::-1]
+    if rng.random() < 0.5:
+        array = array[::-1]
+    array = np.rot90(array, int(rng.integers(4)))
+    if rng.random() < 0.3:  # per-channel gain: white balance
+        array = np.clip(array * rng.uniform(0.9, 1.1, 3), 0, 255).astype(np.uint8)
+    if rng.random() < 0.25:  # random erasing anywhere
+        h, w = int(size * rng.uniform(0.1, 0.4)), int(size * rng.uniform(0.1, 0.4))
+        y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        array = array.copy()
+        array[y:y + h, x:x + w] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+# ---- devices, saving, loading --------------------------------------------------------------------------------
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("filter.device is cuda, but no CUDA device is available (use auto or cpu)")
+    if name not in ("cpu", "cuda"):
+        raise PipelineError(f"filter.device {name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def exact_float32(device: torch.device) -> None:
+    """No TF32 on CUDA: keeps a GPU's float32 results within round-off of the CPU's."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def save_model(model: ImageTypeNet, path: Path, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": meta}, path)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "meta": meta}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def model_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_model(path: Path, device: torch.device) -> tuple[ImageTypeNet, dict]:
+    if not Path(path).exists():
+        raise PipelineError(f"{path}: model not found; run `ham train-filter` (or `dvc repro`) first")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     meta = checkpoint["meta"]
-    model = ImageTypeNet(meta["width"])
+    model = ImageTypeNet(meta["width"], meta.get("blocks", 1))
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), meta
 
 
 @torch.no_grad()
-def predict_probabilities(model: ImageTypeNet, pixels: np.ndarray, device: torch.device,
-                          batch_size: int = 256) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(pixels), batch_size):
-        batch = torch.from_numpy(pixels[start:start + batch_size]).to(device)
-        outputs.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, len(IMAGE_TYPES)), dtype=np.float32)
+def predict_batch(model: ImageTypeNet, batch: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Softmax probabilities (float32, shape (N, 3)) of a uint8 batch; float32 on every device."""
+    logits = model(batch.to(device, non_blocking=True))
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()

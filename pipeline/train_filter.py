@@ -1,92 +1,186 @@
-"""Stage `train_filter`: annotations (IMAGE, ANNOTATION d/c/m, TIMESTAMP) -> image-type model + held-out accuracy.
+"""Stage `train_filter`: the annotated images (folder written by `ham collect-annotated`) -> image-type model,
+held-out metrics and a confusion matrix.
 
-Deterministic: fixed seed, one CPU thread, deterministic algorithms, a hold-out chosen by hashing the image
-hash, so the same annotations and params give the same weights byte for byte.
+Reads only `<annotated>/index.csv` (candidate_id, file, image_type, source, lesion_key) and the files it lists, so
+a batch of unannotated images never retrains the network.
+
+- Held-out set: whole groups, a group being one lesion of one source (`source` + `lesion_key`; an image without a
+  lesion key is its own group), chosen by hashing the group with the seed: images of one lesion never sit on both
+  sides, so the held-out figure is not inflated by near-copies.
+- Class-balanced sampling: every epoch draws as many training images as there are, each class equally often
+  (classes without annotations are left out).
+- Augmentation (`filter_model.augment`): corner marks and erasing, borders, random resized crops, flips, quarter
+  turns, colour jitter, JPEG re-encoding, random erasing. Each view's randomness is seeded by (seed, epoch,
+  position), so the result does not depend on the number of loader workers.
+- Deterministic on the CPU (fixed seed, deterministic algorithms, one compute thread): the same annotations and
+  params give the same model file byte for byte. On CUDA (`train_device: cuda`, or `auto` with a GPU) training uses
+  bfloat16 autocast and is not bit-reproducible.
+
+Writes the model, `metrics` (accuracy, per-class precision and recall, counts) and `confusion` (one row per held-out
+image: candidate_id, actual, predicted; `dvc plots` draws it with the confusion template).
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, progress
-from .filter_model import ImageTypeNet, load_pixels, save_model
-from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPES
+from .annotations import IMAGE_TYPES, read_annotations  # noqa: F401  (read_annotations kept for old imports)
+from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, write_csv
+from .filter_model import ImageTypeNet, augment, load_pixels, open_rgb, pick_device, save_model
+
+CONFUSION_COLUMNS = ("candidate_id", "actual", "predicted")
 
 
-def read_annotations(path: Path) -> dict[str, str]:
-    """candidate_id -> image type; a later annotation of the same image overrides an earlier one (resumed work)."""
-    rows = read_csv(path, ("IMAGE", "ANNOTATION"))
-    labels = {}
+def group_of(row: dict) -> str:
+    return f"{row['source']}/{row['lesion_key'] or row['candidate_id']}"
+
+
+def in_holdout(group: str, seed: int, fraction: float) -> bool:
+    return int(sha256_bytes(f"{seed}:{group}".encode())[:8], 16) / 0xFFFFFFFF < fraction
+
+
+class AugmentedViews(Dataset):
+    """Position k of epoch e: image `order[k]` seen through augmentation seeded by (seed, e, k)."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[int], order: np.ndarray, size: int, seed: int,
+                 epoch: int):
+        self.images, self.labels, self.order = images, labels, order
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int):
+        index = int(self.order[k])
+        rng = np.random.default_rng([self.seed, self.epoch, k])
+        view = augment(Image.fromarray(self.images[index]), self.size, rng)
+        return torch.from_numpy(view), self.labels[index]
+
+
+def _base_image(path: Path, size: int) -> np.ndarray:
+    """Decoded once per training: short side 2 x size (aspect kept), the material augmentations crop from."""
+    image = open_rgb(path, 2 * size)
+    scale = 2 * size / min(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def balanced_order(labels: list[int], count: int, rng: np.random.Generator) -> np.ndarray:
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    per_class = np.array([np.sum(labels == c) for c in present])
+    weights = np.zeros(len(labels))
+    for c, n in zip(present, per_class):
+        weights[labels == c] = 1.0 / (n * len(present))
+    return rng.choice(len(labels), size=count, replace=True, p=weights)
+
+
+def _ratio(numerator: int, denominator: int):
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def classification_metrics(actual: list[int], predicted: list[int]) -> dict:
+    matrix = np.zeros((len(IMAGE_TYPES), len(IMAGE_TYPES)), dtype=np.int64)
+    for a, p in zip(actual, predicted):
+        matrix[a, p] += 1
+    correct = int(np.trace(matrix))
+    return {
+        "holdout_accuracy": _ratio(correct, len(actual)),
+        "precision": {t: _ratio(int(matrix[i, i]), int(matrix[:, i].sum())) for i, t in enumerate(IMAGE_TYPES)},
+        "recall": {t: _ratio(int(matrix[i, i]), int(matrix[i].sum())) for i, t in enumerate(IMAGE_TYPES)},
+        "held_out_per_type": {t: int(matrix[i].sum()) for i, t in enumerate(IMAGE_TYPES)},
+    }
+
+
+def train_filter(annotated_dir: Path, params: dict, model_path: Path, metrics_path: Path,
+                 confusion_path: Path | None = None) -> dict:
+    annotated_dir = Path(annotated_dir)
+    index_csv = annotated_dir / "index.csv"
+    rows = read_csv(index_csv, ("candidate_id", "file", "image_type", "source", "lesion_key"))
     for number, row in enumerate(rows, start=2):
-        key = row["ANNOTATION"].strip().lower()
-        if key not in ANNOTATION_KEYS:
-            raise PipelineError(f"{path} row {number}: ANNOTATION {row['ANNOTATION']!r} is not one of d, c, m")
-        labels[row["IMAGE"].strip()] = ANNOTATION_KEYS[key]
-    return labels
+        if row["image_type"] not in IMAGE_TYPES:
+            raise PipelineError(f"{index_csv} row {number}: image_type {row['image_type']!r} is not one of "
+                                f"{', '.join(IMAGE_TYPES)}")
+    if not rows:
+        raise PipelineError(f"{index_csv}: no annotated image is among the candidates; annotate some "
+                            f"(`ham annotate`) before training")
+    seed, size = int(params["seed"]), int(params["image_size"])
+    device = pick_device(params.get("train_device", "cpu"))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(device.type == "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # reductions split over threads could change the last bits with the thread count
 
+    holdout = [r for r in rows if in_holdout(group_of(r), seed, params["holdout_fraction"])]
+    train = [r for r in rows if not in_holdout(group_of(r), seed, params["holdout_fraction"])]
+    if not train:
+        raise PipelineError(f"{index_csv}: all {len(rows)} annotated images fell in the held-out set; "
+                            f"lower filter.holdout_fraction")
+    images = [_base_image(annotated_dir / r["file"], size) for r in train]
+    labels = [IMAGE_TYPES.index(r["image_type"]) for r in train]
 
-def in_holdout(candidate_id: str, seed: int, fraction: float) -> bool:
-    return int(sha256_bytes(f"{seed}:{candidate_id}".encode())[:8], 16) / 0xFFFFFFFF < fraction
-
-
-def train_filter(candidates_csv: Path, objects_dir: Path, annotations_csv: Path, params: dict,
-                 model_path: Path, metrics_path: Path) -> dict:
-    torch.manual_seed(params["seed"])
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    size = params["image_size"]
-    labels = read_annotations(annotations_csv)
-    candidates = {row["candidate_id"]: row for row in read_csv(candidates_csv, ("candidate_id", "object"))}
-    known = sorted(c for c in labels if c in candidates)
-    if not known:
-        raise PipelineError(f"{annotations_csv}: none of the {len(labels)} annotated images is among the candidates")
-    holdout = [c for c in known if in_holdout(c, params["seed"], params["holdout_fraction"])]
-    train = [c for c in known if c not in set(holdout)]
-
-    def tensors(ids, label):
-        pixels = np.stack([load_pixels(objects_dir / candidates[c]["object"], size)
-                           for c in progress(ids, label)]) if ids else np.zeros((0, 3, size, size), np.float32)
-        targets = np.array([IMAGE_TYPES.index(labels[c]) for c in ids], dtype=np.int64)
-        return torch.from_numpy(pixels), torch.from_numpy(targets)
-
-    train_x, train_y = tensors(train, "load training images")
-    holdout_x, holdout_y = tensors(holdout, "load held-out images")
-    model = ImageTypeNet(params["width"])
-    optimiser = torch.optim.Adam(model.parameters(), lr=params["learning_rate"])
-    # Weight classes by inverse frequency: dermatoscopic images far outnumber the others.
-    counts = torch.bincount(train_y, minlength=len(IMAGE_TYPES))
-    weights = counts.clamp(min=1).float()
-    loss_fn = nn.CrossEntropyLoss(weight=weights.sum() / weights)
-    generator = torch.Generator().manual_seed(params["seed"])
-    for epoch in range(params["epochs"]):
+    width, blocks = int(params["width"]), int(params.get("blocks", 1))
+    model = ImageTypeNet(width, blocks).to(device)
+    epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=params["learning_rate"],
+                                  weight_decay=params.get("weight_decay", 0.0005))
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total_steps = max(1, epochs * steps_per_epoch)
+    warmup = max(1, total_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(
+        (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))))
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(seed)
+    workers = int(params.get("workers", 0))
+    for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(train_x), generator=generator)
+        views = AugmentedViews(images, labels, balanced_order(labels, len(train), rng), size, seed, epoch)
+        loader = DataLoader(views, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda")
         total = 0.0
-        for start in range(0, len(order), params["batch_size"]):
-            index = order[start:start + params["batch_size"]]
-            batch = train_x[index]
-            if torch.rand(1, generator=generator).item() < 0.5:  # mirror: the image type has no handedness
-                batch = batch.flip(3)
-            optimiser.zero_grad()
-            loss = loss_fn(model(batch), train_y[index])
+        for batch, target in loader:
+            batch, target = batch.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = loss_fn(model(batch).float(), target)
             loss.backward()
             optimiser.step()
-            total += loss.item() * len(index)
-        print(f"train_filter: epoch {epoch + 1}/{params['epochs']} loss {total / max(1, len(order)):.4f}", flush=True)
+            schedule.step()
+            total += loss.item() * len(target)
+        print(f"train_filter: epoch {epoch + 1}/{epochs} loss {total / len(train):.4f}", flush=True)
 
     model.eval()
+    actual = [IMAGE_TYPES.index(r["image_type"]) for r in holdout]
+    predicted = []
     with torch.no_grad():
-        predicted = model(holdout_x).argmax(1) if len(holdout_x) else torch.zeros(0, dtype=torch.long)
-    correct = int((predicted == holdout_y).sum())
+        for start in range(0, len(holdout), 64):
+            chunk = holdout[start:start + 64]
+            batch = torch.from_numpy(np.stack([load_pixels(annotated_dir / r["file"], size) for r in chunk]))
+            predicted += model(batch.to(device)).float().argmax(1).cpu().tolist()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)
+
     metrics = {
-        "annotated": len(labels), "trained_on": len(train), "held_out": len(holdout),
-        "holdout_accuracy": round(correct / len(holdout), 4) if holdout else None,
-        "per_type_train_counts": {t: int(counts[i]) for i, t in enumerate(IMAGE_TYPES)},
+        "annotated": len(rows), "trained_on": len(train), "held_out": len(holdout),
+        "held_out_groups": len({group_of(r) for r in holdout}),
+        "per_type_train_counts": {t: labels.count(i) for i, t in enumerate(IMAGE_TYPES)},
+        **classification_metrics(actual, predicted),
     }
-    save_model(model, Path(model_path), {"width": params["width"], "image_size": size, "types": list(IMAGE_TYPES)})
+    meta = {"width": width, "blocks": blocks, "image_size": size, "types": list(IMAGE_TYPES),
+            "trained_on": device.type}
+    save_model(model.cpu(), Path(model_path), meta)
     atomic_write_bytes(Path(metrics_path), (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    if confusion_path:
+        write_csv(Path(confusion_path), sorted(
+            ({"candidate_id": r["candidate_id"], "actual": r["image_type"], "predicted": IMAGE_TYPES[p]}
+             for r, p in zip(holdout, predicted)), key=lambda row: row["candidate_id"]), CONFUSION_COLUMNS)
     return metrics

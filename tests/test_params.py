@@ -222,7 +222,7 @@ def test_a_tracked_folder_not_pulled_yet_stops_only_the_stage(tmp_path, repo_roo
 
 @pytest.mark.parametrize("command, old, new, field, message", [
     ("ingest", "  max_pixels: 100000000", '  max_pixels: "lots"', "ingest.max_pixels", "expected an integer, got text"),
-    ("train-filter", "  epochs: 25", '  epochs: "ten"', "filter.epochs", "expected an integer, got text"),
+    ("train-filter", "  epochs: 30", '  epochs: "ten"', "filter.epochs", "expected an integer, got text"),
     ("filter", "  min_confidence: 0.5", "  min_confidence: 5", "filter.min_confidence", "must be at most 1"),
     ("standardise", "  quality: 100", "  quality: 101", "standardise.quality", "must be at most 100"),
     ("metadata", "  age_cap: 85", "  age_cap: -5", "metadata.age_cap", "must be at least 0"),
@@ -247,7 +247,7 @@ def test_every_stage_checks_its_own_section_first(tmp_path, repo_root, command, 
 
 def test_a_stage_is_not_stopped_by_another_stage_s_section(tmp_path, repo_root):
     path = tmp_path / "params.yaml"
-    path.write_text(params_text(repo_root).replace("  epochs: 25", '  epochs: "ten"', 1))
+    path.write_text(params_text(repo_root).replace("  epochs: 30", '  epochs: "ten"', 1))
     result = CliRunner().invoke(main, ["split", "--params", str(path), "--metadata", str(tmp_path / "none.csv"),
                                        "--images", str(tmp_path / "none.csv"),
                                        "--registry", str(tmp_path / "splits.csv")])

@@ -15,7 +15,7 @@ from pipeline.validate import validate_csv
 from tests.isic_checks import check_isic_outputs
 from tests.pipeline_repo import copy_repository, run, workflow_step
 
-STAGES = ("ingest", "train_filter", "filter", "standardise", "metadata", "split", "release")
+STAGES = ("ingest", "collect_annotated", "train_filter", "filter", "standardise", "metadata", "split", "release")
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -1,0 +1,102 @@
+"""Image-type annotations: the CSV a person writes (`IMAGE,ANNOTATION,TIMESTAMP`, keys d / c / m, as in the
+authors' keyboard tool) and the `annotated` stage, which gathers the annotated candidates' images for training.
+
+`IMAGE` is the candidate's sha256 (the image file's raw bytes); a later row for the same image overrides an earlier
+one, so work can stop and resume at any time. An unknown key is an error naming the file and row.
+
+`collect_annotated` copies each annotated candidate's stored object into its own folder with an index
+(candidate_id, file, image_type, source, lesion_key). It is the only thing `train_filter` reads, so DVC retrains
+only when the annotated images or their labels change: adding a batch of unannotated material re-runs this cheap
+stage, whose output comes out byte-identical, and DVC then skips training.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .common import PipelineError, read_csv, write_csv
+from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
+
+KEY_OF_TYPE = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}
+ANNOTATION_COLUMNS = ("IMAGE", "ANNOTATION", "TIMESTAMP")
+ANNOTATED_INDEX_COLUMNS = ("candidate_id", "file", "image_type", "source", "lesion_key")
+
+
+def read_annotations(path: Path) -> dict[str, str]:
+    """candidate_id -> image type; a later annotation of the same image overrides an earlier one (resumed work)."""
+    rows = read_csv(path, ("IMAGE", "ANNOTATION"))
+    labels = {}
+    for number, row in enumerate(rows, start=2):
+        key = (row["ANNOTATION"] or "").strip().lower()
+        if key not in ANNOTATION_KEYS:
+            raise PipelineError(f"{path} row {number}: ANNOTATION {row['ANNOTATION']!r} is not one of d, c, m")
+        labels[(row["IMAGE"] or "").strip()] = ANNOTATION_KEYS[key]
+    return labels
+
+
+def read_annotations_if_any(path: Path | None) -> dict[str, str]:
+    return read_annotations(Path(path)) if path and Path(path).exists() else {}
+
+
+def append_annotation(path: Path, image: str, key: str, timestamp: str | None = None) -> int:
+    """Append one `IMAGE,ANNOTATION,TIMESTAMP` row at once (header first if the file is new or empty); returns the
+    file's length before the row, so the answer can be undone with `truncate_annotations`."""
+    if key not in ANNOTATION_KEYS:
+        raise PipelineError(f"annotation key {key!r} is not one of d, c, m")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timestamp = timestamp or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        before = handle.tell()
+        prefix = b""
+        if before == 0:
+            prefix = (",".join(ANNOTATION_COLUMNS) + "\n").encode()
+        else:
+            handle.seek(before - 1)
+            if handle.read(1) not in (b"\n", b"\r"):
+                prefix = b"\n"  # a file whose last line has no line end
+        handle.seek(0, os.SEEK_END)
+        handle.write(prefix + f"{image},{key},{timestamp}\n".encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return before
+
+
+def truncate_annotations(path: Path, length: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(length)
+
+
+def collect_annotated(candidates_csv: Path, objects_dir: Path, annotations_csv: Path, out_dir: Path) -> dict:
+    """Copy the annotated candidates' objects to `out_dir/images/` and write `out_dir/index.csv`, sorted by
+    candidate_id. Files of images no longer annotated are removed. Annotations of images not (yet) among the
+    candidates wait for them."""
+    labels = read_annotations(Path(annotations_csv))
+    candidates = read_csv(candidates_csv, ("candidate_id", "object", "source", "lesion_key"))
+    images_dir = Path(out_dir) / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row in sorted(candidates, key=lambda r: r["candidate_id"]):
+        image_type = labels.get(row["candidate_id"])
+        if image_type is None:
+            continue
+        name = f"{row['candidate_id']}{Path(row['object']).suffix}"
+        target = images_dir / name
+        if not target.exists():
+            source = Path(objects_dir) / row["object"]
+            if not source.exists():
+                raise PipelineError(f"{candidates_csv}: object {row['object']} of candidate {row['candidate_id']} "
+                                    f"is missing from {objects_dir}")
+            shutil.copyfile(source, target)
+        rows.append({"candidate_id": row["candidate_id"], "file": f"images/{name}", "image_type": image_type,
+                     "source": row["source"], "lesion_key": row["lesion_key"]})
+    wanted = {Path(r["file"]).name for r in rows}
+    for stale in images_dir.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+    write_csv(Path(out_dir) / "index.csv", rows, ANNOTATED_INDEX_COLUMNS)
+    return {"annotated": len(labels), "collected": len(rows), "waiting": len(set(labels) - {r["candidate_id"]
+                                                                                             for r in rows})}
