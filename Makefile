@@ -42,3 +42,4 @@ clean-demo:
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.bench_ingest
 	$(BIN)/python -m benchmarks.bench_standardise
+	$(BIN)/python -m benchmarks.bench_dedupe
