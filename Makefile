@@ -43,3 +43,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.bench_ingest
 	$(BIN)/python -m benchmarks.bench_standardise
 	$(BIN)/python -m benchmarks.bench_dedupe
+	$(BIN)/python -m benchmarks.bench_release_link
