@@ -140,7 +140,8 @@ def filter_(params_path, candidates, objects, model, out):
 @path_option("--out", "data/interim/standardised", "Folder of the standardised images and their index.")
 @friendly_errors
 def standardise(params_path, candidates, decisions, objects, out):
-    """Turn every kept image into a 600x450 JPEG by the authors' mogrify recipe (only images not done before)."""
+    """Turn every kept image into a 600x450 JPEG by the authors' mogrify recipe (only images not done before),
+    then group near-duplicates across sources (duplicates.csv) and list borderline pairs (duplicate_review.csv)."""
     from .dedupe import dedupe
     from .standardise import standardise as run
 
