@@ -104,9 +104,16 @@ def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, 
     out = tmp_path / "std"
     standardise(tmp_path / "ingest/candidates.csv", tmp_path / "decisions.csv", tmp_path / "ingest/objects", PARAMS,
                 out / "images", out / "index.csv")
-    counts = dedupe(out / "index.csv", out / "images", tmp_path / "ingest/candidates.csv", DEDUPE,
-                    out / "duplicates.csv", out / "duplicate_review.csv", workers=2)
-    assert counts == {"groups": 1, "duplicates": 2, "near_duplicates": 1, "review_pairs": 1}
+    def run():
+        return dedupe(out / "index.csv", out / "images", tmp_path / "ingest/candidates.csv", DEDUPE,
+                      out / "duplicates.csv", out / "duplicate_review.csv", workers=2, cache_json=out / "cache.json")
+
+    counts = run()
+    # a_again.png standardises to the same bytes as a.jpg: hashed once
+    assert counts == {"groups": 1, "hashed": 5, "duplicates": 2, "near_duplicates": 1, "review_pairs": 1}
+    written = {name: (out / name).read_bytes() for name in ("index.csv", "duplicates.csv", "duplicate_review.csv")}
+    assert run() == {**counts, "hashed": 0}  # a re-run takes every hash from the cache, same result
+    assert written == {name: (out / name).read_bytes() for name in written}
 
     index = {r["candidate_id"]: r for r in read_csv(out / "index.csv")}
     kept = by_origin["a.jpg"]["candidate_id"]  # 600x450 beats the 480x360 copy; the PNG has the same pixels
