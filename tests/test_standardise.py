@@ -79,6 +79,18 @@ def test_output_format(clinical_images):
     # quality 100: every quantisation table entry is 1
     assert out.quantization and all(max(table) == 1 for table in out.quantization.values())
 
+    # The draft path (a large JPEG decoded at a reduced DCT scale) drops the metadata too.
+    icc = Image.open(clinical_images[0]).info.get("icc_profile")
+    assert icc, "the DermNet photo was expected to carry an ICC profile"
+    buffer = io.BytesIO()
+    source.resize((2400, 1800)).save(buffer, "JPEG", quality=90, exif=exif.tobytes(), dpi=(300, 300),
+                                     icc_profile=icc)
+    with Image.open(buffer) as large:
+        assert large.info.get("icc_profile") and large.getexif()
+        out = Image.open(io.BytesIO(standardise_image(large)))
+    assert out.size == (600, 450) and tuple(round(v) for v in out.info["dpi"]) == (72, 72)
+    assert not out.getexif() and "icc_profile" not in out.info and "exif" not in out.info
+
 
 def test_landscape_600x450_passes_nearly_unchanged(real_images):
     source = open_rgb(real_images[0])
