@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pipeline.common import read_csv
-from pipeline.dedupe import ZOOMS, _hash_file, dedupe, distances
+from pipeline.dedupe import ZOOMS, _hash_file, dedupe, distances, near_pairs
 from pipeline.ingest import ingest
 from pipeline.standardise import standardise, standardise_image
 
@@ -52,6 +52,8 @@ def test_real_images_none_joined_copies_caught(tmp_path, real_images, ham_data):
             pair = (real_images[number].stem, real_images[number + 1 + offset].stem)
             (joined.append(pair) if found[offset] <= DEDUPE["max_distance"] else band.__setitem__(pair, found[offset]))
     assert joined == [], f"real images joined as near-duplicates: {joined}"
+    pooled = near_pairs(hashes, DEDUPE["review_distance"], workers=2)  # what the stage runs
+    assert {(real_images[i].stem, real_images[j].stem): d for i, j, d in pooled} == band
     lesion = {r["image_id"]: r["lesion_id"] for r in csv.DictReader(open(ham_data / "ham10000" / "images_manifest.csv"))}
     assert SAME_LESION in band and lesion[SAME_LESION[0]] == lesion[SAME_LESION[1]]
     assert all(lesion[a] == lesion[b] for a, b in band), "a review pair of two different lesions"
