@@ -1,10 +1,11 @@
 """Benchmark: a release folder built by copying every image against one built with `linking.place` (hard links
 from the standardised store), and a rebuild after 1 % of the images changed.
 
-Makes a store of --images standardised JPEGs (the real images of $HAM_DATA through standardise_image, repeated under distinct names
-with one byte changed so every file is its own), then times, each from an empty release folder as the release
-stage does: copying every file; placing (linking) every file; and after 1 % of the store is replaced, placing
-again. Prints the times and the bytes written into the release folder, and merges them into bench/results.json.
+Makes a store of --images standardised JPEGs (the real images of $HAM_DATA through standardise_image,
+repeated under distinct names with one byte changed so every file is its own), then times, each from an empty
+release folder as the release stage does: copying every file; placing (linking) every file; and after 1 % of
+the store is replaced, placing again. Prints the times and the bytes written into the release folder, and
+merges them into bench/results.json.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def main() -> None:
         again_s, again_bytes = build(store, tmp / "release", place)
     print(f"release of {args.images} images ({copy_bytes / 1e6:.0f} MB)")
     print(f"  copy every image        {copy_s:7.3f} s  {copy_bytes / 1e6:8.1f} MB written")
-    print(f"  link every image        {link_s:7.3f} s  {link_bytes / 1e6:8.1f} MB written  ({link_s / copy_s:.1%} of the copy)")
+    print(f"  link every image        {link_s:7.3f} s  {link_bytes / 1e6:8.1f} MB written  "
+          f"({link_s / copy_s:.1%} of the copy)")
     print(f"  link after a 1 % change {again_s:7.3f} s  {again_bytes / 1e6:8.1f} MB written  "
           f"({again_s / copy_s:.1%} of the copy)")
     record({"release_copy_seconds": (round(copy_s, 3), "s"), "release_link_seconds": (round(link_s, 3), "s"),

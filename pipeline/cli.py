@@ -147,7 +147,7 @@ def standardise(params_path, candidates, decisions, objects, out):
 
     params = section(params_path, "standardise")
     counts = run(candidates, decisions, objects, params, out / "images", out / "index.csv")
-    near = dedupe(out / "index.csv", out / "images", candidates, params["dedupe"], out / "duplicates.csv",
+    near = dedupe(out / "index.csv", out / "images", candidates, params.get("dedupe"), out / "duplicates.csv",
                   out / "duplicate_review.csv", params.get("workers"), out / "phash_cache.json")
     click.echo(f"standardise: {counts['kept']} images ({counts['processed']} processed, {counts['reused']} reused, "
                f"{counts['duplicates']} identical duplicates, {near['near_duplicates']} near-duplicates in "

@@ -40,6 +40,7 @@ from .parallel import pool_map, resolve_workers
 ZOOMS = (1.0, 1.03, 1.06, 1.09, 1.12, 1.15, 1.19)  # centre crops: 3 % steps of zoom, up to 8 % a side
 HASH_SIZE = 16
 DUPLICATES_COLUMNS = ("group", "candidate_id", "source", "origin", "member", "distance", "kept", "reason")
+DEFAULTS = {"max_distance": 10, "review_distance": 30}  # params standardise.dedupe, where it is not given
 REVIEW_COLUMNS = ("distance", "candidate_a", "source_a", "origin_a", "member_a", "candidate_b", "source_b",
                   "origin_b", "member_b")
 
@@ -137,6 +138,7 @@ def dedupe(index_csv: Path, images_dir: Path, candidates_csv: Path, params: dict
 
     `cache_json` (not a DVC output, like ingest's read cache) keeps each image's hashes under the sha256 of its
     standardised bytes, so a re-run hashes only images it has not hashed with the same code."""
+    params = {**DEFAULTS, **(params or {})}
     max_distance, review_distance = params["max_distance"], params["review_distance"]
     if review_distance < max_distance:
         raise PipelineError(f"params.yaml: dedupe.review_distance ({review_distance}) is below "

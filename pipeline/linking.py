@@ -2,8 +2,8 @@
 
 `place` makes `dst` a hard link to `src` (one inode: no data written, no space used). Where a hard link cannot
 be made (`src` and `dst` on different file systems, a file system without links, a link count at its limit) it
-copies, unless `dst` already holds the same bytes. A `dst` that is already a link to `src` is left as it is. It returns how the file got
-there: "linked", "copied" or "kept".
+copies, unless `dst` already holds the same bytes. A `dst` that is already a link to `src` is left as it is.
+It returns how the file got there: "linked", "copied" or "kept".
 
 A hard-linked file must never be edited in place: writing into `dst` would change `src` (and, with DVC's
 `cache.type` set to hardlink, the DVC cache object behind both). The pipeline only ever replaces files (write to

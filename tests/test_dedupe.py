@@ -54,7 +54,8 @@ def test_real_images_none_joined_copies_caught(tmp_path, real_images, ham_data):
     assert joined == [], f"real images joined as near-duplicates: {joined}"
     pooled = near_pairs(hashes, DEDUPE["review_distance"], workers=2)  # what the stage runs
     assert {(real_images[i].stem, real_images[j].stem): d for i, j, d in pooled} == band
-    lesion = {r["image_id"]: r["lesion_id"] for r in csv.DictReader(open(ham_data / "ham10000" / "images_manifest.csv"))}
+    with open(ham_data / "ham10000" / "images_manifest.csv") as handle:
+        lesion = {r["image_id"]: r["lesion_id"] for r in csv.DictReader(handle)}
     assert SAME_LESION in band and lesion[SAME_LESION[0]] == lesion[SAME_LESION[1]]
     assert all(lesion[a] == lesion[b] for a, b in band), "a review pair of two different lesions"
 
