@@ -37,8 +37,13 @@ validate: $(VENV)/.installed
 clean-demo:
 	rm -rf data/raw/sample data/interim models release
 
+# Figures are also merged into bench/results.json ({name: {value, unit, command}}). bench_standardise needs
+# ImageMagick (the authors' mogrify, timed side by side).
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.bench_ingest
+	$(BIN)/python -m benchmarks.bench_standardise
+	$(BIN)/python -m benchmarks.bench_dedupe
+	$(BIN)/python -m benchmarks.bench_release_link
 
 bench-diff: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.bench_diff

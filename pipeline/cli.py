@@ -178,13 +178,18 @@ def annotate(params_path, queue, objects, folder, annotations, port):
 @path_option("--out", "data/interim/standardised", "Folder of the standardised images and their index.")
 @friendly_errors
 def standardise(params_path, candidates, decisions, objects, out):
-    """Turn every kept image into a 600x450 JPEG by the authors' mogrify recipe (only images not done before)."""
+    """Turn every kept image into a 600x450 JPEG by the authors' mogrify recipe (only images not done before),
+    then group near-duplicates across sources (duplicates.csv) and list borderline pairs (duplicate_review.csv)."""
+    from .dedupe import dedupe
     from .standardise import standardise as run
 
-    counts = run(candidates, decisions, objects, section(params_path, "standardise"), out / "images",
-                 out / "index.csv")
+    params = section(params_path, "standardise")
+    counts = run(candidates, decisions, objects, params, out / "images", out / "index.csv")
+    near = dedupe(out / "index.csv", out / "images", candidates, params.get("dedupe"), out / "duplicates.csv",
+                  out / "duplicate_review.csv", params.get("workers"), out / "phash_cache.json")
     click.echo(f"standardise: {counts['kept']} images ({counts['processed']} processed, {counts['reused']} reused, "
-               f"{counts['duplicates']} identical duplicates) -> {out}")
+               f"{counts['duplicates']} identical duplicates, {near['near_duplicates']} near-duplicates in "
+               f"{near['groups']} groups, {near['review_pairs']} pairs to review) -> {out}")
 
 
 @main.command()

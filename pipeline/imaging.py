@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from PIL import Image
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag whose values 5 to 8 turn the picture by a quarter
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: 16-bit scaled down, alpha composited on white, palette and CMYK converted."""

@@ -176,7 +176,8 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
             continue
         std = standardised[candidate["candidate_id"]]
         if std["duplicate_of"]:
-            exclude(candidate, "standardise", f"standardised image identical to candidate {std['duplicate_of'][:12]}")
+            exclude(candidate, "standardise", std.get("duplicate_reason") or
+                    f"standardised image identical to candidate {std['duplicate_of'][:12]}")
             continue
         if not candidate["lesion_key"].strip():
             exclude(candidate, "metadata", "no lesion key")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_file, stable_hash, write_csv
 from .isic_export import isic_diagnoses, write_isic_outputs
+from .linking import place
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
 MANIFEST_COLUMNS = ("path", "sha256", "bytes", "split", "image_id", "lesion_id", "dx")
@@ -73,7 +74,7 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
             relative = f"images/{row['image_id']}.jpg"
             target = release_dir / split / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(standardised_dir) / files[row["image_id"]], target)
+            place(Path(standardised_dir) / files[row["image_id"]], target)  # a hard link, copy across devices
             split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
                                    "lesion_id": row["lesion_id"], "dx": row["dx"]})
         write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from pipeline.common import read_csv
+from pipeline.imaging import EXIF_ORIENTATION
 from pipeline.ingest import ingest
 from pipeline.standardise import standardise, standardise_image
 
@@ -76,6 +77,18 @@ def test_output_format(clinical_images):
     assert JpegImagePlugin.get_sampling(out) == 0  # 4:4:4
     # quality 100: every quantisation table entry is 1
     assert out.quantization and all(max(table) == 1 for table in out.quantization.values())
+
+    # The draft path (a large JPEG decoded at a reduced DCT scale) drops the metadata too.
+    icc = Image.open(clinical_images[0]).info.get("icc_profile")
+    assert icc, "the DermNet photo was expected to carry an ICC profile"
+    buffer = io.BytesIO()
+    source.resize((2400, 1800)).save(buffer, "JPEG", quality=90, exif=exif.tobytes(), dpi=(300, 300),
+                                     icc_profile=icc)
+    with Image.open(buffer) as large:
+        assert large.info.get("icc_profile") and large.getexif()
+        out = Image.open(io.BytesIO(standardise_image(large)))
+    assert out.size == (600, 450) and tuple(round(v) for v in out.info["dpi"]) == (72, 72)
+    assert not out.getexif() and "icc_profile" not in out.info and "exif" not in out.info
 
 
 def test_landscape_600x450_passes_nearly_unchanged(real_images):
@@ -209,6 +222,78 @@ def test_matches_authors_mogrify_command(tmp_path, real_images, clinical_images)
                          f"worst {worst:.2f} levels ({report})")
 
 
+PSNR_FLOOR_DB = 40.0  # per image; measured 44.8 dB at worst (a 2000x2667 portrait JPEG), ~49 dB typical
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    error = float(np.mean((as_array(a).astype(np.float64) - as_array(b)) ** 2))
+    return float("inf") if error == 0 else 10 * np.log10(255 ** 2 / error)
+
+
+def test_large_jpegs_close_to_mogrify(tmp_path, real_images):
+    """The fast path (JPEG draft decoding, reduce, Lanczos over the crop box) against the authors' command on
+    large JPEGs, the inputs it speeds up: same geometry, every image above the PSNR floor."""
+    mogrify = _real_imagemagick()
+    if mogrify is None:
+        pytest.skip("ImageMagick not installed: cannot compare the fast path with the authors' mogrify command")
+    picks = [open_rgb(p) for p in real_images[5::70][:6]]
+    variants = [picks[0].resize((3000, 2250), Image.LANCZOS), picks[1].resize((2250, 3000), Image.LANCZOS),
+                picks[2].resize((4000, 2250), Image.LANCZOS), picks[3].resize((1203, 1601), Image.LANCZOS),
+                picks[4].resize((2401, 1800), Image.LANCZOS), picks[5].resize((1300, 1000), Image.LANCZOS)]
+    scores = []
+    for number, image in enumerate(variants):
+        work = tmp_path / f"work{number}"
+        work.mkdir()
+        source = work / f"in{number}.jpg"
+        image.save(source, quality=95)
+        with Image.open(source) as opened:
+            ours = Image.open(io.BytesIO(standardise_image(opened)))
+        subprocess.run([*mogrify, *MOGRIFY_ARGS, str(source)], check=True, capture_output=True, timeout=120)
+        theirs = Image.open(source)
+        assert theirs.size == ours.size == (600, 450), (number, image.size, theirs.size, ours.size)
+        scores.append(psnr(theirs, ours))
+    report = ", ".join(f"{s:.1f}" for s in scores)
+    print(f"PSNR standardise_image vs mogrify on large JPEGs (dB): {report}")
+    assert min(scores) >= PSNR_FLOOR_DB, f"PSNR against mogrify below {PSNR_FLOOR_DB} dB: {report}"
+
+
+def _full_decode_recipe(image: Image.Image) -> Image.Image:
+    """The recipe from every decoded pixel (no draft), the reference for the draft path's geometry."""
+    image.load()
+    return run_ours(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_draft_decoding_follows_exif_orientation(real_images, orientation):
+    """A large JPEG with an EXIF orientation is decoded at a reduced DCT scale in its stored frame; the result
+    is the upright picture, as from a full decode."""
+    source = open_rgb(real_images[7]).resize((2400, 1800), Image.LANCZOS)
+    source.paste(RED, (0, 0, 240, 240))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    source.save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        ours = Image.open(io.BytesIO(standardise_image(image)))
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        reference = _full_decode_recipe(image)
+    assert ours.size == (600, 450)
+    assert psnr(ours, reference) > 38, orientation
+
+
+def test_cmyk_and_greyscale_jpegs_take_the_fast_path(real_images):
+    source = open_rgb(real_images[9]).resize((2000, 1500), Image.LANCZOS)
+    for mode in ("CMYK", "L"):
+        buffer = io.BytesIO()
+        source.convert(mode).save(buffer, "JPEG", quality=95)
+        with Image.open(io.BytesIO(buffer.getvalue())) as image:
+            ours = Image.open(io.BytesIO(standardise_image(image)))
+        with Image.open(io.BytesIO(buffer.getvalue())) as image:
+            reference = _full_decode_recipe(image)
+        assert ours.mode == "RGB" and ours.size == (600, 450)
+        assert psnr(ours, reference) > 38, mode
+
+
 # ------------------------------------------------------------------------------------------------- the stage
 
 def _ingest(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, list[dict]]:
@@ -277,3 +362,20 @@ def test_stage_incremental_params_and_duplicates(tmp_path, real_images):
     third_files = {p.name for p in images_dir.iterdir()}
     assert len(third_files) == 6 and not third_files & first_files, "old recipe's files were not pruned"
     assert third_files == {r["file"] for r in read_csv(index)}
+
+
+def test_stage_same_bytes_for_any_number_of_workers(tmp_path, real_images):
+    big = io.BytesIO()
+    open_rgb(real_images[300]).resize((2400, 1800), Image.LANCZOS).save(big, "JPEG", quality=95)
+    files = {f"img{i}.jpg": real_images[300 + i].read_bytes() for i in range(1, 7)}
+    files["big.jpg"] = big.getvalue()
+    ingest_dir, candidates = _ingest(tmp_path, files)
+    decisions = _decisions(tmp_path / "decisions.csv", candidates)
+    outputs = []
+    for workers in (1, 2, 3):
+        images_dir, index = tmp_path / f"std{workers}", tmp_path / f"std{workers}.csv"
+        counts = standardise(ingest_dir / "candidates.csv", decisions, ingest_dir / "objects",
+                             {**PARAMS, "workers": workers}, images_dir, index)
+        assert counts["processed"] == len(files)
+        outputs.append((index.read_bytes(), {p.name: p.read_bytes() for p in sorted(images_dir.iterdir())}))
+    assert outputs[0] == outputs[1] == outputs[2]

@@ -1,0 +1,140 @@
+"""Near-duplicates (pipeline/dedupe.py) on the real images: no two of the 490 real HAM10000 images are joined
+(different photographs of one lesion included), re-encoded and resized copies are, and in the stage a group
+keeps one image, records every member's provenance and lists the borderline pairs for review."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.common import read_csv
+from pipeline.dedupe import ZOOMS, _hash_file, dedupe, distances, near_pairs
+from pipeline.ingest import ingest
+from pipeline.standardise import standardise, standardise_image
+
+pytestmark = pytest.mark.real_data
+
+REPO = Path(__file__).resolve().parent.parent
+DEDUPE = yaml.safe_load((REPO / "params.yaml").read_text())["standardise"]["dedupe"]
+PARAMS = {"width": 600, "height": 450, "quality": 100, "density": 72, "workers": 2, "dedupe": DEDUPE}
+# Two photographs of lesion HAM_0002886 taken in a row: 12 bits apart, the closest different photographs.
+SAME_LESION = ("ISIC_0027673", "ISIC_0028114")
+
+
+@pytest.fixture(scope="module")
+def real_images(ham_data) -> list[Path]:
+    return sorted((ham_data / "ham10000" / "images").glob("*.jpg"))
+
+
+def _hashes(paths) -> np.ndarray:
+    found = [_hash_file(str(p)) for p in paths]
+    assert not any(error for _, _, error in found)
+    return np.stack([np.frombuffer(data, np.uint64).reshape(len(ZOOMS), -1) for _, data, _ in found])
+
+
+def _encoded(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    return buffer.getvalue()
+
+
+def test_real_images_none_joined_copies_caught(tmp_path, real_images, ham_data):
+    hashes = _hashes(real_images)  # the real images are 600x450 already: as the stage sees them
+    joined, band = [], {}
+    for number in range(len(real_images)):
+        found = distances(hashes, number)
+        for offset in np.flatnonzero(found <= DEDUPE["review_distance"]):
+            pair = (real_images[number].stem, real_images[number + 1 + offset].stem)
+            (joined.append(pair) if found[offset] <= DEDUPE["max_distance"] else band.__setitem__(pair, found[offset]))
+    assert joined == [], f"real images joined as near-duplicates: {joined}"
+    pooled = near_pairs(hashes, DEDUPE["review_distance"], workers=2)  # what the stage runs
+    assert {(real_images[i].stem, real_images[j].stem): d for i, j, d in pooled} == band
+    with open(ham_data / "ham10000" / "images_manifest.csv") as handle:
+        lesion = {r["image_id"]: r["lesion_id"] for r in csv.DictReader(handle)}
+    assert SAME_LESION in band and lesion[SAME_LESION[0]] == lesion[SAME_LESION[1]]
+    assert all(lesion[a] == lesion[b] for a, b in band), "a review pair of two different lesions"
+
+    caught, tried = {}, {}
+    for number in range(0, len(real_images), 10):
+        image = Image.open(real_images[number]).convert("RGB")
+        w, h = image.size
+        copies = {"q50": _encoded(image, format="JPEG", quality=50), "png": _encoded(image, format="PNG"),
+                  "small": _encoded(image.resize((400, 300), Image.LANCZOS), format="JPEG", quality=90),
+                  "large": _encoded(image.resize((1600, 1200), Image.LANCZOS), format="JPEG", quality=90),
+                  "crop5": _encoded(image.crop((30, 22, w - 30, h - 22)), format="JPEG", quality=90)}
+        for kind, data in copies.items():
+            path = tmp_path / f"{kind}.jpg"
+            path.write_bytes(standardise_image(Image.open(io.BytesIO(data))))
+            copy = _hashes([path])[0]
+            distance = distances(np.stack([hashes[number], copy]), 0)[0]
+            tried[kind] = tried.get(kind, 0) + 1
+            caught[kind] = caught.get(kind, 0) + int(distance <= DEDUPE["max_distance"])
+    print({kind: f"{caught[kind]}/{tried[kind]}" for kind in tried})
+    for kind in ("q50", "png", "small", "large"):
+        assert caught[kind] >= 0.95 * tried[kind], (kind, caught[kind], tried[kind])
+    assert caught["crop5"] >= 0.8 * tried["crop5"], caught
+
+
+def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, real_images):
+    by_id = {p.stem: p for p in real_images}
+    original = real_images[40]
+    smaller = Image.open(original).convert("RGB").resize((480, 360), Image.LANCZOS)
+    batches = {
+        "first": {"a.jpg": original.read_bytes(), "same1.jpg": by_id[SAME_LESION[0]].read_bytes(),
+                  "other.jpg": real_images[41].read_bytes()},
+        "second": {"a_small.jpg": _encoded(smaller, format="JPEG", quality=70),
+                   "a_again.png": _encoded(Image.open(original).convert("RGB"), format="PNG"),
+                   "same2.jpg": by_id[SAME_LESION[1]].read_bytes()},
+    }
+    sources = []
+    for name, files in batches.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, data in files.items():
+            (folder / file).write_bytes(data)
+        (folder / "index.csv").write_text("file,lesion\n" + "".join(f"{f},{f}\n" for f in files))
+        sources.append({"name": name, "kind": "export", "path": name, "dataset": "vidir_modern"})
+    result = ingest(sources, tmp_path, tmp_path / "ingest", 100_000_000)
+    assert not result.rejects and len(result.candidates) == 6
+    by_origin = {c["origin"]: c for c in result.candidates}
+    with open(tmp_path / "decisions.csv", "w") as handle:
+        handle.write("candidate_id,keep\n" + "".join(f"{c['candidate_id']},true\n" for c in result.candidates))
+    out = tmp_path / "std"
+    standardise(tmp_path / "ingest/candidates.csv", tmp_path / "decisions.csv", tmp_path / "ingest/objects", PARAMS,
+                out / "images", out / "index.csv")
+    def run():
+        return dedupe(out / "index.csv", out / "images", tmp_path / "ingest/candidates.csv", DEDUPE,
+                      out / "duplicates.csv", out / "duplicate_review.csv", workers=2, cache_json=out / "cache.json")
+
+    counts = run()
+    # a_again.png standardises to the same bytes as a.jpg: hashed once
+    assert counts == {"groups": 1, "hashed": 5, "duplicates": 2, "near_duplicates": 1, "review_pairs": 1}
+    written = {name: (out / name).read_bytes() for name in ("index.csv", "duplicates.csv", "duplicate_review.csv")}
+    assert run() == {**counts, "hashed": 0}  # a re-run takes every hash from the cache, same result
+    assert written == {name: (out / name).read_bytes() for name in written}
+
+    index = {r["candidate_id"]: r for r in read_csv(out / "index.csv")}
+    kept = by_origin["a.jpg"]["candidate_id"]  # 600x450 beats the 480x360 copy; the PNG has the same pixels
+    small, again = by_origin["a_small.jpg"]["candidate_id"], by_origin["a_again.png"]["candidate_id"]
+    assert index[kept]["duplicate_of"] == ""
+    assert index[small]["duplicate_of"] == index[again]["duplicate_of"] == kept
+    assert index[small]["duplicate_reason"].startswith(f"near-duplicate of candidate {kept[:12]} (perceptual")
+    assert index[again]["duplicate_reason"] == f"standardised image identical to candidate {kept[:12]}"
+    for origin in ("same1.jpg", "same2.jpg", "other.jpg"):
+        assert index[by_origin[origin]["candidate_id"]]["duplicate_of"] == ""
+
+    ledger = read_csv(out / "duplicates.csv")
+    assert {(r["candidate_id"], r["source"], r["origin"], r["kept"]) for r in ledger} == {
+        (kept, "first", "a.jpg", "true"), (small, "second", "a_small.jpg", "false"),
+        (again, "second", "a_again.png", "false")}
+    assert {r["group"] for r in ledger} == {kept}
+    assert [r["distance"] for r in ledger if r["candidate_id"] == again] == ["0"]
+
+    (review,) = read_csv(out / "duplicate_review.csv")
+    assert {review["origin_a"], review["origin_b"]} == {"same1.jpg", "same2.jpg"}
+    assert DEDUPE["max_distance"] < int(review["distance"]) <= DEDUPE["review_distance"]
