@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .common import atomic_write_bytes, read_csv, sha256_file, write_csv
+from .integrity import copy_verified, make_readable
 from .isic_export import write_isic_csv
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
@@ -24,7 +25,7 @@ MANIFEST_COLUMNS = ("path", "sha256", "bytes", "split", "image_id", "lesion_id",
 def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standardised_dir: Path, params: dict,
                   release_dir: Path, summary_json: Path) -> dict:
     rows = read_csv(metadata_csv, HAM_COLUMNS)
-    files = {r["image_id"]: r["file"] for r in read_csv(images_csv, ("image_id", "file"))}
+    files = {r["image_id"]: r for r in read_csv(images_csv, ("image_id", "file", "sha256"))}
     split_of = {r["lesion_id"]: r["split"] for r in read_csv(splits_csv, ("lesion_id", "split"))}
     release_dir = Path(release_dir)
     if release_dir.exists():
@@ -39,9 +40,8 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
             continue
         for row in by_split[split]:
             relative = f"{split}/images/{row['image_id']}.jpg"
-            target = release_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(standardised_dir) / files[row["image_id"]], target)
+            copy_verified(Path(standardised_dir) / files[row["image_id"]]["file"], release_dir / relative,
+                          files[row["image_id"]]["sha256"])
             manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
                              "lesion_id": row["lesion_id"], "dx": row["dx"]})
         write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
@@ -57,6 +57,7 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
         entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
     manifest.sort(key=lambda e: e["path"])
     write_csv(release_dir / "manifest.csv", manifest, MANIFEST_COLUMNS)
+    make_readable(release_dir)
 
     summary = {"images": len(rows), "lesions": len({r["lesion_id"] for r in rows}), "splits": {}}
     for split in SPLITS:

@@ -21,12 +21,14 @@ from PIL import Image, ImageOps
 from .codedeps import code_version
 from .common import atomic_write_bytes, progress, read_csv, sha256_file, stable_hash, write_csv
 from .imaging import to_rgb
+from .integrity import HashStore, check_cover_geometry
 
 INDEX_COLUMNS = ("candidate_id", "file", "sha256", "bytes", "duplicate_of")
 
 
 def standardise_image(image: Image.Image, width: int = 600, height: int = 450, quality: int = 100,
                       density: int = 72) -> bytes:
+    check_cover_geometry(getattr(image, "filename", "") or "image", *image.size, width, height)
     image = to_rgb(ImageOps.exif_transpose(image))
     if image.width < image.height:  # -rotate "90<": only portrait images, clockwise
         image = image.transpose(Image.Transpose.ROTATE_270)
@@ -51,18 +53,20 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
     kept = sorted(d["candidate_id"] for d in read_csv(decisions_csv, ("candidate_id", "keep")) if d["keep"] == "true")
     recipe = recipe_key(params)
     images_dir.mkdir(parents=True, exist_ok=True)
-    wanted, processed = set(), 0
+    wanted, processed, sums = set(), 0, HashStore(images_dir)
     for candidate_id in progress(kept, "standardise"):
         name = f"{candidate_id}-{recipe}.jpg"
         wanted.add(name)
-        if (images_dir / name).exists():
+        if sums.intact(name):  # present and still the bytes it was written with; else made again
             continue
         with Image.open(objects_dir / candidates[candidate_id]["object"]) as image:
             data = standardise_image(image, params["width"], params["height"], params["quality"], params["density"])
         atomic_write_bytes(images_dir / name, data)
+        sums.record(name, data)
         processed += 1
+    sums.save(wanted)
     for path in images_dir.iterdir():
-        if path.name not in wanted:
+        if path.name not in wanted and path.name != HashStore.NAME:
             path.unlink()
 
     rows, first_by_hash = [], {}
