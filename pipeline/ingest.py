@@ -15,7 +15,7 @@ Bounded work per image: after the header is read and before any pixel is decoded
 `max_pixels`, with a side under `min_side` or an aspect ratio beyond `max_aspect` is rejected with its reason;
 a JPEG whose decoding would need more than `max_decode_mib` is decoded reduced (draft mode: validated, and
 normalised if it needs it, at 1/2, 1/4 or 1/8 scale), any other such image is rejected, so no image takes more
-than that budget (tests/test_bad_input.py measures the peak).
+than that budget (tests/test_integrity.py measures the peak).
 A raw file that is, or lies behind, a link resolving outside its source folder is rejected
 (`sources.link_outside`). The same image (same bytes) with different labels (diagnosis, dx, dx_type, or
 lesion within one source) is a conflict: every one of its rows goes to the ledger as `conflicting labels: ...`
@@ -87,14 +87,17 @@ def _bytes_per_pixel(mode: str) -> int:
     return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
 
 
-def decode_cost(mode: str, width: int, height: int, plain: bool) -> int:
-    """Upper bound of the bytes one image takes while vetted: the decoded pixels, plus, when it is normalised,
-    the upright RGB copies and the PNG written from them (measured in tests/test_bad_input.py)."""
+def decode_cost(mode: str, width: int, height: int, plain: bool, progressive: bool = False) -> int:
+    """Upper bound of the bytes one image takes while vetted: the decoded pixels, libjpeg's coefficient buffers
+    for a progressive JPEG, and, when it is normalised, the upright RGB copies and the PNG written from them
+    (measured in tests/test_integrity.py)."""
     pixels = width * height
+    coefficients = pixels * 6 if progressive else 0
     if plain:
-        return pixels * 4
+        return pixels * 5 + coefficients  # 4 bytes a pixel, and Pillow's decoder state
     alpha = mode in ("RGBA", "LA", "PA", "P")  # compositing on white keeps two more RGBA images
-    return pixels * (_bytes_per_pixel(mode) + 4 * (4 if alpha else 2) + 4)
+    deep = 6 if mode in ("I", "F") or mode.startswith("I;16") else 0  # to_rgb's array copy and 8-bit result
+    return pixels * (_bytes_per_pixel(mode) + 4 * (4 if alpha else 2) + 4 + deep) + coefficients
 
 
 def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
@@ -121,17 +124,23 @@ def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
         raise BadImage(f"image is {width}x{height}, aspect ratio {max(width, height) / min(width, height):.1f}:1 "
                        f"over the limit ingest.max_aspect = {limits.max_aspect:g} (a strip, not a lesion picture)")
     fmt = image.format or "unknown"
+    # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels: until it is decoded, an RGB PNG
+    # without one up front counts as one that needs normalising (the larger cost).
     try:
-        orientation = image.getexif().get(0x0112, 1)
+        orientation = (image.getexif().get(0x0112, 1) if fmt != "PNG" or "exif" in image.info else "unknown")
     except Exception as error:
         raise BadImage(f"corrupt {fmt} image metadata ({error})") from None
     plain = fmt in ("JPEG", "PNG") and image.mode == "RGB" and orientation in (1, None)
     budget = limits.max_decode_mib * MIB
-    if budget and decode_cost(image.mode, width, height, plain) > budget:
-        scale = next((s for s in (2, 4, 8) if decode_cost(image.mode, -(-width // s), -(-height // s), plain)
-                      <= budget), None) if fmt == "JPEG" else None
+    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+
+    def cost(scale: int) -> int:
+        return decode_cost(image.mode, -(-width // scale), -(-height // scale), plain, progressive)
+
+    if budget and cost(1) > budget:
+        scale = next((s for s in (2, 4, 8) if cost(s) <= budget), None) if fmt == "JPEG" else None
         if scale is None:
-            need = decode_cost(image.mode, width, height, plain) / MIB
+            need = cost(1) / MIB
             raise BadImage(f"{width}x{height} {image.mode} {fmt} image needs about {need:.0f} MiB to decode, over "
                            f"the limit ingest.max_decode_mib = {limits.max_decode_mib}")
         image.draft(None, (-(-width // scale), -(-height // scale)))  # libjpeg decodes at 1/scale
@@ -139,6 +148,9 @@ def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
         image.load()
     except Exception as error:
         raise BadImage(f"corrupt or truncated {fmt} image ({error})") from None
+    if orientation == "unknown":
+        orientation = image.getexif().get(0x0112, 1)
+        plain = image.mode == "RGB" and orientation in (1, None)
     if plain:
         return CheckedImage(data, ".jpg" if fmt == "JPEG" else ".png", width, height, fmt)
     upright = to_rgb(ImageOps.exif_transpose(image))

@@ -366,3 +366,103 @@ def test_corrupt_object_in_the_ingest_store_is_rebuilt_by_repro(demo_repo):
     run(["dvc", "repro"], repo)  # ingest sees its output changed and runs again; train_filter no longer breaks
     assert victim.read_bytes() == good
     assert verify_manifest(repo / "release") == []
+
+
+# ----------------------------------------------------------------------------------------- bounded decode memory
+
+# Peak resident memory added by one check_image call: the kernel's high-water mark (VmHWM) is reset to the
+# current size just before the call (clear_refs 5), so imports (numpy, which to_rgb loads on first use, once
+# a process) and reading the file do not count.
+MEASURE = """
+import sys
+import numpy
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from pipeline.ingest import BadImage, Limits, check_image
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+data = Path(sys.argv[2]).read_bytes()
+limits = Limits(max_pixels=int(sys.argv[3]), max_decode_mib=int(sys.argv[4]))
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+before = status("VmRSS")
+try:
+    checked = check_image(data, limits)
+    outcome = f"stored {checked.width}x{checked.height}"
+except BadImage as error:
+    outcome = f"rejected {error}"
+print(status("VmHWM") - before, outcome)
+"""
+
+
+def worst_inputs(source: Path, folder: Path, side: int, edge: dict) -> dict[str, Path]:
+    """The costliest kinds of image at the pixel limit (side x side), and each normalised kind at the largest
+    size the budget admits (`edge`: kind -> side)."""
+    import numpy as np
+
+    base = Image.open(source).convert("RGB")
+
+    def at(size: int) -> Image.Image:
+        return base.resize((size, size))
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    grey16 = lambda size: Image.fromarray(np.asarray(at(size).convert("L"), dtype=np.uint16) * 257)  # noqa: E731
+    makers = {
+        "plain.jpg": lambda s: at(s).save(folder / "plain.jpg", quality=90),
+        "progressive.jpg": lambda s: at(s).save(folder / "progressive.jpg", quality=90, progressive=True),
+        "rotated.jpg": lambda s: at(s).save(folder / "rotated.jpg", quality=90, exif=exif.tobytes()),
+        "cmyk.jpg": lambda s: at(s).convert("CMYK").save(folder / "cmyk.jpg", quality=90),
+        "rgb.png": lambda s: at(s).save(folder / "rgb.png"),
+        "grey16.png": lambda s: grey16(s).save(folder / "grey16.png"),
+        "rgba.png": lambda s: at(s).convert("RGBA").save(folder / "rgba.png"),
+        "palette.png": lambda s: at(s).convert("P").save(folder / "palette.png", transparency=0),
+        "rgb.tif": lambda s: at(s).save(folder / "rgb.tif"),
+        "grey16.tif": lambda s: grey16(s).save(folder / "grey16.tif"),
+    }
+    paths = {}
+    for name, make in makers.items():
+        make(side)
+        paths[name] = folder / name
+        if name in edge:
+            edge_name = f"edge-{name}"
+            make(edge[name])
+            (folder / name).rename(folder / edge_name)
+            make(side)
+            paths[edge_name] = folder / edge_name
+    return paths
+
+
+def test_decoding_memory_stays_within_the_budget_for_the_worst_allowed_input(tmp_path, real_images):
+    """Every kind of image at the pixel limit, and each normalised kind at the largest size the budget lets
+    through, vetted in a fresh process: the peak resident memory added by check_image stays under
+    max_decode_mib. Over the budget, JPEGs are decoded reduced (draft) and the rest rejected before decoding."""
+    side, budget = 2000, 32  # max_pixels 4 Mpx: unbounded, a 16-bit PNG would take 56 MiB, an RGBA one 96 MiB
+    from pipeline.ingest import decode_cost
+
+    def largest(mode: str, plain: bool = False) -> int:
+        size = side
+        while decode_cost(mode, size, size, plain) > budget << 20:
+            size -= 8
+        return size
+
+    edge = {"grey16.png": largest("I;16"), "rgba.png": largest("RGBA"), "palette.png": largest("P"),
+            "rgb.png": largest("RGB"), "rgb.tif": largest("RGB"), "grey16.tif": largest("I;16")}
+    paths = worst_inputs(real_images[0], tmp_path, side, edge)
+    outcomes = {}
+    for name, path in sorted(paths.items()):
+        result = subprocess.run([sys.executable, "-c", MEASURE, str(Path(__file__).parent.parent), str(path),
+                                 str(side * side), str(budget)], capture_output=True, text=True, check=True,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        peak_kib, outcome = result.stdout.strip().split(" ", 1)
+        outcomes[name] = (int(peak_kib) / 1024, outcome)
+    print("\n".join(f"{name}: {peak:.1f} MiB, {outcome}" for name, (peak, outcome) in sorted(outcomes.items())))
+    for name, (peak_mib, outcome) in outcomes.items():
+        assert peak_mib <= budget, f"{name}: {peak_mib:.1f} MiB > {budget} MiB ({outcome})"
+    assert all(outcomes[n][1].startswith("stored") for n in outcomes if n.startswith("edge-")), outcomes
+    for name in ("grey16.png", "rgba.png", "palette.png", "grey16.tif"):  # too costly at the limit: refused
+        assert f"over the limit ingest.max_decode_mib = {budget}" in outcomes[name][1], outcomes[name]
+    for name in ("rotated.jpg", "cmyk.jpg"):  # decoded reduced by draft mode and normalised at that size
+        assert outcomes[name][1] in ("stored 1000x1000", "stored 500x500"), outcomes[name]
+    # checked at a reduced scale (its coefficient buffers would not fit), stored as it came
+    assert outcomes["progressive.jpg"][1] == outcomes["plain.jpg"][1] == "stored 2000x2000"
