@@ -95,7 +95,7 @@ def build_export(root: Path, real: list[Path], outside: Path) -> Corpus:
     c.add("html.png", b"<!doctype html><html><body>404 not found</body></html>", "not an image")
     c.add("truncated.jpg", jpeg[: len(jpeg) // 2], "corrupt or truncated JPEG image")
     c.add("truncated.png", png[: len(png) // 2], "corrupt or truncated PNG image")
-    c.add("header_only.jpg", jpeg[:200], "truncated")
+    c.add("header_only.jpg", jpeg[:200], "not a readable image (Truncated File Read)")
     broken = bytearray(png)
     broken[len(png) // 2: len(png) // 2 + 64] = b"\0" * 64  # zlib stream broken mid-file
     c.add("broken_stream.png", bytes(broken), "corrupt or truncated PNG image")
@@ -113,7 +113,7 @@ def build_export(root: Path, real: list[Path], outside: Path) -> Corpus:
     c.add("rgba_budget.png", encode(image().resize((1224, 1224)).convert("RGBA"), "PNG"),
           "1224x1224 RGBA PNG image needs about 34 MiB to decode, over the limit ingest.max_decode_mib = 32")
     # --- catalogue problems
-    c.add("ghost.jpg", None, "image file ghost.jpg not found")
+    c.add("ghost.jpg", None, "image file images/ghost.jpg not found")
     c.add("unlisted.jpg", take(), "is not listed in index.csv", listed=False)
     dup = take()
     c.add("dup_a.jpg", dup, None, lesion="L-dup")
@@ -314,7 +314,7 @@ PARAMS_CASES = [
      "      kind: exprot\n      path: data/raw/sample/rosendahl", "ingest.sources[0].kind", ""),
     ("        index: index.csv", "        indx: index.csv", "ingest.sources[0].options", "indx"),
     ("  max_pixels: 100000000", "  max_pixels: 100000000\n  max_pixels: 5", "ingest.max_pixels", "duplicate key"),
-    ("    - name: vidir_modern", "    - name: rosendahl", "", "used twice"),
+    ("    - name: vidir_modern", "    - name: rosendahl", "ingest.sources[1].name", "duplicate source name"),
 ]
 
 
