@@ -5,7 +5,8 @@ recovered with a plain `dvc repro`; the release must come out byte-identical to 
 
 Set-up (in a throw-away copy of the repository, under --workdir or a temporary folder): the synthetic sample plus
 one more export source made of the real HAM10000 images in $HAM_DATA (default ../shared/data), upscaled
-`--scale` times so that ingest, the filter and standardise each run for seconds; every source `dvc add`ed and
+`--scale` times so that ingest, the filter and standardise each run for seconds (`filter.epochs` cut to
+`--epochs`: training length is not under test); every source `dvc add`ed and
 committed, as a maintainer would. A first, uninterrupted `dvc repro` gives the reference: the sha256 of every file
 under release/, dvc.lock, registry/ and metrics/, and each stage's duration.
 
@@ -13,7 +14,8 @@ Each trial starts from the state before that run (interim outputs, models, relea
 dvc.lock, registry/ and metrics/ as committed), starts `dvc repro` in its own process group and kills the group
 with SIGKILL at the trial's point: `run` points land a seeded share of the way into a stage's command (its
 reference duration), `lock` points a seeded 0-200 ms after DVC announces it is updating dvc.lock for that stage
-(outputs being committed to the cache and the lock file written). Then the user's action, `dvc repro`, runs; the
+(outputs being committed to the cache and the lock file written). Then the user's action runs: `make repro`, i.e. `python -m pipeline.integrity repair` (removes DVC's lock record if
+the kill left it half-written) and `dvc repro`; the
 trial passes when it succeeds, the fingerprint equals the reference, `dvc status` is clean and every file under
 release/ matches the manifest. Points cycle over the 7 stages x {run, lock} so 14 trials cover every kind.
 Prints one line per trial and a summary; `--json FILE` writes the outcomes.
@@ -41,7 +43,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.integrity import verify_manifest  # noqa: E402
+from pipeline.integrity import repair_dvc_locks, verify_manifest  # noqa: E402
 from tests.pipeline_repo import copy_repository, run  # noqa: E402
 
 STAGES = ("ingest", "train_filter", "filter", "standardise", "metadata", "split", "release")
@@ -57,7 +59,7 @@ def environment() -> dict:
     return env
 
 
-def build_repo(workdir: Path, data: Path, images: int, scale: int) -> Path:
+def build_repo(workdir: Path, data: Path, images: int, scale: int, epochs: int) -> Path:
     repo = copy_repository(workdir / "repo")
     run(["ham", "sample", "data/raw/sample"], repo)
     folder = repo / REAL
@@ -72,6 +74,7 @@ def build_repo(workdir: Path, data: Path, images: int, scale: int) -> Path:
                     folder / "images" / f"{row['image_id']}.jpg", quality=92)
             writer.writerow([f"images/{row['image_id']}.jpg", row["lesion_id"], row["dx"], row["dx_type"]])
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["filter"]["epochs"] = epochs  # the network's training is not what is under test; keep it short
     params["ingest"]["sources"].append({
         "name": "vidir_modern_real", "kind": "export", "path": REAL, "dataset": "vidir_modern",
         "options": {"columns": {"file": "file", "lesion_key": "lesion", "dx": "dx", "dx_type": "dx_type"}}})
@@ -151,6 +154,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--images", type=int, default=490, help="real images in the extra source")
     parser.add_argument("--scale", type=int, default=2, help="upscale factor of the real images")
+    parser.add_argument("--epochs", type=int, default=3, help="filter.epochs in the trial repository")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -158,7 +162,7 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fault-trials-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    repo = build_repo(workdir, data, args.images, args.scale)
+    repo = build_repo(workdir, data, args.images, args.scale, args.epochs)
     reference = watched_repro(repo)
     if reference["code"]:
         print(reference["output"])
@@ -181,6 +185,7 @@ def main() -> int:
             return delay if (event, at_stage) == (phase, stage) else None
 
         attempt = watched_repro(repo, kill_at)
+        repaired = repair_dvc_locks(repo)  # what `make repro` does first
         recovery = watched_repro(repo)
         status = run(["dvc", "status"], repo, check=False)
         got = fingerprint(repo) if recovery["code"] == 0 else {}
@@ -190,7 +195,7 @@ def main() -> int:
             "trial": trial, "target": f"{stage}:{phase}", "delay_s": round(delay, 3),
             "killed": bool(attempt["killed"]), "killed_at_s": attempt["killed"].get("at"),
             "last_line": attempt["killed"].get("last_line", ""), "attempt_exit": attempt["code"],
-            "recovery_exit": recovery["code"],
+            "repaired_rwlock": bool(repaired), "recovery_exit": recovery["code"],
             "recovered_stages": [s for e, s, _ in recovery["events"] if e == "run"],
             "identical": recovery["code"] == 0 and not differing, "differing": differing[:5],
             "status_clean": "up to date" in status.stdout, "manifest_ok": not problems,

@@ -11,6 +11,10 @@
 - `HashStore(folder)`: the sha256 of every file a persistent store (the standardised images) made, kept in the
   folder itself (`SHA256SUMS`, so it persists with it while the stage's other outputs are removed before a
   run): a file is reused only while it still hashes to what was recorded when it was written.
+- `repair_dvc_locks(repo)`: after a `dvc` process was killed (kill -9, power loss), DVC's own lock record
+  `.dvc/tmp/rwlock` may be left half-written, and every later `dvc` command then stops with "Unable to read
+  RWLock-file"; an unreadable record is removed (it only lists running dvc processes, and DVC already ignores
+  entries of dead ones). `python -m pipeline.integrity repair [REPO]` does it; `make repro` runs it first.
 - `check_cover_geometry(...)`: the standardise guard, refusing an image whose cover-resize would be degenerate
   (ingest rejects such images first, by `ingest.min_side` and `ingest.max_aspect`; this stops an object store
   filled some other way).
@@ -18,8 +22,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .common import PipelineError, atomic_write_bytes, sha256_bytes, sha256_file
@@ -131,3 +137,25 @@ class HashStore:
     def save(self, names) -> None:
         lines = "".join(f"{self.sums[n]}  {n}\n" for n in sorted(names) if n in self.sums)
         atomic_write_bytes(self.folder / self.NAME, lines.encode("utf-8"))
+
+
+def repair_dvc_locks(repo: Path = Path(".")) -> list[str]:
+    """Remove DVC's lock record `.dvc/tmp/rwlock` when it is not readable JSON (left by a killed `dvc`);
+    returns what was done, one line each (empty: nothing to repair)."""
+    path = Path(repo) / ".dvc" / "tmp" / "rwlock"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return [f"removed {path}: half-written by a dvc process that was killed (it lists running dvc "
+                f"processes only)"]
+    return []
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "repair":
+        sys.exit("usage: python -m pipeline.integrity repair [REPO]")
+    for line in repair_dvc_locks(Path(sys.argv[2]) if len(sys.argv) > 2 else Path(".")):
+        print(line, file=sys.stderr)

@@ -466,3 +466,15 @@ def test_decoding_memory_stays_within_the_budget_for_the_worst_allowed_input(tmp
         assert outcomes[name][1] in ("stored 1000x1000", "stored 500x500"), outcomes[name]
     # checked at a reduced scale (its coefficient buffers would not fit), stored as it came
     assert outcomes["progressive.jpg"][1] == outcomes["plain.jpg"][1] == "stored 2000x2000"
+
+
+def test_repair_removes_only_a_half_written_dvc_lock_record(tmp_path):
+    from pipeline.integrity import repair_dvc_locks
+
+    record = tmp_path / ".dvc" / "tmp" / "rwlock"
+    assert repair_dvc_locks(tmp_path) == []
+    record.parent.mkdir(parents=True)
+    record.write_text('{"write": {}, "read": {}}')
+    assert repair_dvc_locks(tmp_path) == [] and record.exists()
+    record.write_text("")  # what a dvc killed while rewriting it leaves
+    assert "removed" in repair_dvc_locks(tmp_path)[0] and not record.exists()
