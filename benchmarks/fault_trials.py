@@ -97,7 +97,8 @@ def fingerprint(repo: Path) -> dict[str, str]:
 def reset(repo: Path) -> None:
     for folder in ("data/interim", "models", "release", ".dvc/cache/runs"):
         shutil.rmtree(repo / folder, ignore_errors=True)
-    run(["git", "checkout", "-q", "--", "dvc.lock", "registry", "metrics"], repo)
+    # HEAD, not the index: DVC autostages dvc.lock (core.autostage)
+    run(["git", "checkout", "-q", "HEAD", "--", "dvc.lock", "registry", "metrics"], repo)
 
 
 def watched_repro(repo: Path, kill_at=None) -> dict:
