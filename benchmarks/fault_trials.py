@@ -196,7 +196,7 @@ def main() -> int:
             "trial": trial, "target": f"{stage}:{phase}", "delay_s": round(delay, 3),
             "killed": bool(attempt["killed"]), "killed_at_s": attempt["killed"].get("at"),
             "last_line": attempt["killed"].get("last_line", ""), "attempt_exit": attempt["code"],
-            "repaired_rwlock": bool(repaired), "recovery_exit": recovery["code"],
+            "repaired": repaired, "recovery_exit": recovery["code"],
             "recovered_stages": [s for e, s, _ in recovery["events"] if e == "run"],
             "identical": recovery["code"] == 0 and not differing, "differing": differing[:5],
             "status_clean": "up to date" in status.stdout, "manifest_ok": not problems,

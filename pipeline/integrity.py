@@ -11,10 +11,11 @@
 - `HashStore(folder)`: the sha256 of every file a persistent store (the standardised images) made, kept in the
   folder itself (`SHA256SUMS`, so it persists with it while the stage's other outputs are removed before a
   run): a file is reused only while it still hashes to what was recorded when it was written.
-- `repair_dvc_locks(repo)`: after a `dvc` process was killed (kill -9, power loss), DVC's own lock record
-  `.dvc/tmp/rwlock` may be left half-written, and every later `dvc` command then stops with "Unable to read
-  RWLock-file"; an unreadable record is removed (it only lists running dvc processes, and DVC already ignores
-  entries of dead ones). `python -m pipeline.integrity repair [REPO]` does it; `make repro` runs it first.
+- `repair_dvc_locks(repo)`: after a `dvc` process was killed (kill -9, power loss), DVC's lock record
+  `.dvc/tmp/rwlock` or `dvc.lock` itself may be left half-written, and every later `dvc` command then stops
+  ("Unable to read RWLock-file", "'./dvc.lock' validation failed"); an unreadable rwlock is removed (it only
+  lists running dvc processes, and DVC already ignores entries of dead ones), an unreadable dvc.lock replaced by
+  git's copy. `python -m pipeline.integrity repair [REPO]` does it; `make repro` runs it first.
 - `check_cover_geometry(...)`: the standardise guard, refusing an image whose cover-resize would be degenerate
   (ingest rejects such images first, by `ingest.min_side` and `ingest.max_aspect`; this stops an object store
   filled some other way).
@@ -139,19 +140,56 @@ class HashStore:
         atomic_write_bytes(self.folder / self.NAME, lines.encode("utf-8"))
 
 
-def repair_dvc_locks(repo: Path = Path(".")) -> list[str]:
-    """Remove DVC's lock record `.dvc/tmp/rwlock` when it is not readable JSON (left by a killed `dvc`);
-    returns what was done, one line each (empty: nothing to repair)."""
-    path = Path(repo) / ".dvc" / "tmp" / "rwlock"
+def _valid_lockfile(text: str | None) -> bool:
+    if not text:
+        return False
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        import yaml
+        from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+
+        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(text))
+        return True
+    except Exception:  # YAML cut short, or a stage entry cut short (DVC's own schema says which)
+        return False
+
+
+def _git_show(repo: Path, spec: str) -> str | None:
+    import subprocess
+
+    result = subprocess.run(["git", "show", spec], cwd=repo, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def repair_dvc_locks(repo: Path = Path(".")) -> list[str]:
+    """Undo what a `dvc` killed mid-write leaves behind (DVC rewrites both files in place, not atomically):
+    `.dvc/tmp/rwlock` that is not readable JSON is removed; a `dvc.lock` that DVC cannot read is replaced by
+    the git index's or HEAD's version (the first DVC can read; none: removed). An older lock only makes
+    `dvc repro` re-run the stages it no longer vouches for, and the stores re-check their files by hash.
+    Returns what was done, one line each (empty: nothing to repair)."""
+    repo, done = Path(repo), []
+    rwlock = repo / ".dvc" / "tmp" / "rwlock"
+    try:
+        json.loads(rwlock.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return []
+        pass
     except (OSError, ValueError):
-        path.unlink(missing_ok=True)
-        return [f"removed {path}: half-written by a dvc process that was killed (it lists running dvc "
-                f"processes only)"]
-    return []
+        rwlock.unlink(missing_ok=True)
+        done.append(f"removed {rwlock}: half-written by a dvc process that was killed (it lists running dvc "
+                    f"processes only)")
+    lockfile = repo / "dvc.lock"
+    if lockfile.exists() and not _valid_lockfile(lockfile.read_text(encoding="utf-8", errors="replace")):
+        for spec, where in ((":dvc.lock", "the git index"), ("HEAD:dvc.lock", "the last commit")):
+            text = _git_show(repo, spec)
+            if _valid_lockfile(text):
+                lockfile.write_text(text, encoding="utf-8")
+                done.append(f"{lockfile}: cut short by a killed dvc; restored from {where} (dvc repro re-runs "
+                            f"the stages it no longer vouches for)")
+                break
+        else:
+            lockfile.unlink()
+            done.append(f"{lockfile}: cut short by a killed dvc and no readable copy in git; removed (dvc repro "
+                        f"re-runs every stage)")
+    return done
 
 
 if __name__ == "__main__":

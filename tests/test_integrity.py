@@ -478,3 +478,23 @@ def test_repair_removes_only_a_half_written_dvc_lock_record(tmp_path):
     assert repair_dvc_locks(tmp_path) == [] and record.exists()
     record.write_text("")  # what a dvc killed while rewriting it leaves
     assert "removed" in repair_dvc_locks(tmp_path)[0] and not record.exists()
+
+
+def test_repair_restores_a_cut_short_dvc_lock_from_git(tmp_path, repo_root):
+    from pipeline.integrity import repair_dvc_locks
+
+    good = (repo_root / "dvc.lock").read_text()
+    (tmp_path / "dvc.lock").write_text(good)
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "dvc.lock"], tmp_path)
+    run(["git", "commit", "-q", "-m", "lock"], tmp_path)
+    assert repair_dvc_locks(tmp_path) == []
+    for cut in (good[: good.index("hash:", len(good) // 2) + 5], good[:8], ""):
+        (tmp_path / "dvc.lock").write_text(cut)  # what DVC leaves when killed while rewriting it
+        assert "restored from the git index" in repair_dvc_locks(tmp_path)[0]
+        assert (tmp_path / "dvc.lock").read_text() == good
+    # a cut DVC still reads (whole entries, a digest cut short) needs no repair: those stages simply re-run
+    readable = good[: good.index("\n", good.index("md5:", len(good) // 2)) - 4] + "\n"
+    (tmp_path / "dvc.lock").write_text(readable)
+    assert repair_dvc_locks(tmp_path) == []
+    assert (tmp_path / "dvc.lock").read_text() == readable
