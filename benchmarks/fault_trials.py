@@ -14,10 +14,10 @@ Each trial starts from the state before that run (interim outputs, models, relea
 dvc.lock, registry/ and metrics/ as committed), starts `dvc repro` in its own process group and kills the group
 with SIGKILL at the trial's point: `run` points land a seeded share of the way into a stage's command (its
 reference duration), `lock` points a seeded 0-200 ms after DVC announces it is updating dvc.lock for that stage
-(outputs being committed to the cache and the lock file written). Then the user's action runs: `make repro`, i.e. `python -m pipeline.integrity repair` (removes DVC's lock record if
-the kill left it half-written) and `dvc repro`; the
-trial passes when it succeeds, the fingerprint equals the reference, `dvc status` is clean and every file under
-release/ matches the manifest. Points cycle over the 7 stages x {run, lock} so 14 trials cover every kind.
+(outputs being committed to the cache and the lock file written). Then the user's action runs: `make repro`,
+i.e. `python -m pipeline.integrity repair` (DVC's `.dvc/tmp/rwlock` or `dvc.lock` left half-written by the kill
+is removed or restored from git) and `dvc repro`; the trial passes when it succeeds, the fingerprint equals the
+reference, `dvc status` is clean and every file under release/ matches the manifest. Points cycle over the 7 stages x {run, lock} so 14 trials cover every kind.
 Prints one line per trial and a summary; `--json FILE` writes the outcomes.
 """
 from __future__ import annotations
