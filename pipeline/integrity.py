@@ -7,7 +7,8 @@
   file, so a corrupt image never stays in `release/`. `make_readable(folder)`: every file 0644 and folder 0755
   whatever the umask (release files are for everyone).
 - `verify_manifest(release_dir)`: every file a release's manifest lists, re-hashed (after `dvc pull` or
-  `dvc checkout`, which trust their cache): the list of problems, empty when the release is intact.
+  `dvc checkout`, which trust their cache): the list of problems, empty when the release is intact
+  (`python -m pipeline.integrity verify [release]`, exit 1 on any problem).
 - `HashStore(folder)`: the sha256 of every file a persistent store (the standardised images) made, kept in the
   folder itself (`SHA256SUMS`, so it persists with it while the stage's other outputs are removed before a
   run): a file is reused only while it still hashes to what was recorded when it was written.
@@ -192,8 +193,23 @@ def repair_dvc_locks(repo: Path = Path(".")) -> list[str]:
     return done
 
 
+def main(argv: list[str]) -> int:
+    """`repair [REPO]`: repair_dvc_locks; `verify [RELEASE]`: verify_manifest, one line per problem, exit 1."""
+    if len(argv) < 1 or argv[0] not in ("repair", "verify"):
+        print("usage: python -m pipeline.integrity repair [REPO] | verify [RELEASE_DIR]", file=sys.stderr)
+        return 2
+    if argv[0] == "repair":
+        for line in repair_dvc_locks(Path(argv[1]) if len(argv) > 1 else Path(".")):
+            print(line, file=sys.stderr)
+        return 0
+    release = Path(argv[1]) if len(argv) > 1 else Path("release")
+    problems = verify_manifest(release)
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"{release}: every file matches manifest.csv")
+    return 1 if problems else 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] != "repair":
-        sys.exit("usage: python -m pipeline.integrity repair [REPO]")
-    for line in repair_dvc_locks(Path(sys.argv[2]) if len(sys.argv) > 2 else Path(".")):
-        print(line, file=sys.stderr)
+    sys.exit(main(sys.argv[1:]))

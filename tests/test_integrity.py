@@ -198,6 +198,9 @@ def test_verify_manifest_names_every_kind_of_damage(tmp_path, real_images):
     images[2].write_bytes(images[2].read_bytes()[:-10])
     (release / "train" / "images" / "ISIC_0000000.jpg").write_bytes(b"stray")
     problems = verify_manifest(release)
+    from pipeline.integrity import main
+
+    assert main(["verify", str(release)]) == 1
     assert len(problems) == 4
     assert any(str(images[0]) in p and "sha256 differs" in p for p in problems)
     assert any(str(images[1]) in p and "missing" in p for p in problems)
