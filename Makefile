@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 
 # Stage commands call `ham`, found through the PATH exported above; by hand, `. .venv/bin/activate` first.
 repro: $(VENV)/.installed
+	$(BIN)/python -m pipeline.integrity repair  # a dvc killed mid-run can leave its lock record half-written
 	dvc repro
 
 test: $(VENV)/.installed

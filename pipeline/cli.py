@@ -80,7 +80,7 @@ def sample(directory, seed):
 def ingest(params_path, out):
     """Read every raw source in params `ingest.sources` into one candidates table plus a rejects ledger."""
     from .dvcfile import untracked_sources
-    from .ingest import ingest as run
+    from .ingest import Limits, ingest as run
 
     from .params import load_section
     from .source_rules import ingest_rules
@@ -89,7 +89,7 @@ def ingest(params_path, out):
     for path in untracked_sources({"ingest": params}, params_path.parent):
         click.echo(f"warning: raw source {path} is not tracked by a .dvc file of its own; run `dvc add {path}` "
                    f"so it is versioned and can be pushed and pulled", err=True)
-    result = run(params["sources"], params_path.parent, out, params["max_pixels"])
+    result = run(params["sources"], params_path.parent, out, Limits.of(params))
     click.echo(f"ingest: {len(result.candidates)} candidates, {len(result.rejects)} rejected "
                f"({result.units_read} raw files read, {result.units_cached} unchanged since the last run; "
                f"{result.decoded} images decoded) -> {out}")

@@ -16,9 +16,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         import numpy as np
 
-        pixels = np.asarray(image, dtype=np.float64)
+        # In strips of rows, so the float copy never holds the whole image (a 16-bit 4000x4000 PNG took 464 MiB)
+        pixels = np.asarray(image)
         top = 65535.0 if pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+        out = np.empty(pixels.shape, dtype="uint8")
+        for row in range(0, pixels.shape[0], 256):
+            strip = pixels[row:row + 256].astype(np.float64)
+            out[row:row + 256] = np.clip(strip / top * 255.0 + 0.5, 0, 255).astype("uint8")
+        image = Image.fromarray(out, "L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -7,13 +7,26 @@ EXIF rotation, are stored as a normalised lossless PNG so later stages see uprig
 Work is cached twice: images by content hash in the (persistent) object store, so an image is decoded once; and
 raw files by their stamp (path, size, mtime, inode, joined fields) in `read_cache.json`, so a re-run after one
 new deck or folder reads only the new files (see `sources.Unit`). Both caches are keyed by the code ingest runs
-(its import closure, readers and `imaging.py` included: `codedeps.code_version`) and `max_pixels`.
+(its import closure, readers and `imaging.py` included: `codedeps.code_version`) and the image limits.
+The object store is trusted by content, not by name: an object is reused only while its bytes hash to its
+candidate ID (raw bytes) or to the sha256 `objects/index.csv` recorded for it (normalised PNG); any other is
+rebuilt from its source, and the read cache replays a unit only while every object it gave is intact.
+Bounded work per image: after the header is read and before any pixel is decoded, an image over
+`max_pixels`, with a side under `min_side` or an aspect ratio beyond `max_aspect` is rejected with its reason;
+a JPEG whose decoding would need more than `max_decode_mib` is decoded reduced (draft mode: validated, and
+normalised if it needs it, at 1/2, 1/4 or 1/8 scale), any other such image is rejected, so no image takes more
+than that budget (tests/test_integrity.py measures the peak).
+A raw file that is, or lies behind, a link resolving outside its source folder is rejected
+(`sources.link_outside`). The same image (same bytes) with different labels (diagnosis, dx, dx_type, or
+lesion within one source) is a conflict: every one of its rows goes to the ledger as `conflicting labels: ...`
+and none is a candidate; identical labels are plain duplicates (the first kept).
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
 `extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 from dataclasses import dataclass
@@ -25,6 +38,7 @@ from . import sources
 from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, stable_hash, write_csv
 from .imaging import to_rgb
+from .integrity import matches
 from .sources import ITEM_FIELDS, Reject, Unit
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
@@ -32,7 +46,9 @@ CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "obje
 REJECT_COLUMNS = ("source", "origin", "member", "reason")
 PROVENANCE_COLUMNS = ("candidate_id", "source", "origin", "member")
 OBJECT_INDEX = "index.csv"
-OBJECT_INDEX_COLUMNS = ("candidate_id", "object", "width", "height", "format", "checked_with")
+OBJECT_INDEX_COLUMNS = ("candidate_id", "object", "sha256", "width", "height", "format", "checked_with")
+LABEL_FIELDS = ("diagnosis", "dx", "dx_type", "lesion_key")  # same image, another value: a conflict
+MIB = 1 << 20
 
 # Pillow's own bomb guard is replaced by the explicit limit from params, checked before decoding.
 Image.MAX_IMAGE_PIXELS = None
@@ -51,8 +67,44 @@ class BadImage(Exception):
     pass
 
 
-def check_image(data: bytes, max_pixels: int) -> CheckedImage:
-    """Decode and vet one image; raise BadImage with a reason a person can act on."""
+@dataclass(frozen=True)
+class Limits:
+    """The per-image bounds of params `ingest` (checked before any pixel is decoded)."""
+
+    max_pixels: int = 100_000_000
+    min_side: int = 1
+    max_aspect: float = 0.0  # 0: no limit
+    max_decode_mib: int = 0  # 0: no limit
+
+    @classmethod
+    def of(cls, params: dict) -> "Limits":
+        return cls(**{key: params[key] for key in ("max_pixels", "min_side", "max_aspect", "max_decode_mib")
+                      if params.get(key) is not None})
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Pillow's storage per pixel: one byte for 1-band 8-bit modes, two for 16-bit, four for the rest."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+def decode_cost(mode: str, width: int, height: int, plain: bool, progressive: bool = False) -> int:
+    """Upper bound of the bytes one image takes while vetted: the decoded pixels, libjpeg's coefficient buffers
+    for a progressive JPEG, and, when it is normalised, the upright RGB copies and the PNG written from them
+    (measured in tests/test_integrity.py)."""
+    pixels = width * height
+    coefficients = pixels * 6 if progressive else 0
+    if plain:
+        return pixels * 5 + coefficients  # 4 bytes a pixel, and Pillow's decoder state
+    alpha = mode in ("RGBA", "LA", "PA", "P")  # compositing on white keeps two more RGBA images
+    deep = 6 if mode in ("I", "F") or mode.startswith("I;16") else 0  # to_rgb's array copy and 8-bit result
+    return pixels * (_bytes_per_pixel(mode) + 4 * (4 if alpha else 2) + 4 + deep) + coefficients
+
+
+def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
+    """Decode and vet one image; raise BadImage with a reason a person can act on.
+    `max_pixels`: the pixel limit alone, or all the `Limits`."""
+    limits = max_pixels if isinstance(max_pixels, Limits) else Limits(max_pixels=max_pixels)
+    max_pixels = limits.max_pixels
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -65,13 +117,41 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     if width * height > max_pixels:
         raise BadImage(f"image is {width}x{height} = {width * height} pixels, over the limit "
                        f"ingest.max_pixels = {max_pixels} (possible decompression bomb)")
+    if min(width, height) < limits.min_side:
+        raise BadImage(f"image is {width}x{height}, a side under the limit ingest.min_side = {limits.min_side} "
+                       f"pixels (too small to standardise)")
+    if limits.max_aspect and max(width, height) > limits.max_aspect * min(width, height):
+        raise BadImage(f"image is {width}x{height}, aspect ratio {max(width, height) / min(width, height):.1f}:1 "
+                       f"over the limit ingest.max_aspect = {limits.max_aspect:g} (a strip, not a lesion picture)")
     fmt = image.format or "unknown"
+    # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels: until it is decoded, an RGB PNG
+    # without one up front counts as one that needs normalising (the larger cost).
+    try:
+        orientation = (image.getexif().get(0x0112, 1) if fmt != "PNG" or "exif" in image.info else "unknown")
+    except Exception as error:
+        raise BadImage(f"corrupt {fmt} image metadata ({error})") from None
+    plain = fmt in ("JPEG", "PNG") and image.mode == "RGB" and orientation in (1, None)
+    budget = limits.max_decode_mib * MIB
+    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+
+    def cost(scale: int) -> int:
+        return decode_cost(image.mode, -(-width // scale), -(-height // scale), plain, progressive)
+
+    if budget and cost(1) > budget:
+        scale = next((s for s in (2, 4, 8) if cost(s) <= budget), None) if fmt == "JPEG" else None
+        if scale is None:
+            need = cost(1) / MIB
+            raise BadImage(f"{width}x{height} {image.mode} {fmt} image needs about {need:.0f} MiB to decode, over "
+                           f"the limit ingest.max_decode_mib = {limits.max_decode_mib}")
+        image.draft(None, (-(-width // scale), -(-height // scale)))  # libjpeg decodes at 1/scale
     try:
         image.load()
     except Exception as error:
         raise BadImage(f"corrupt or truncated {fmt} image ({error})") from None
-    orientation = image.getexif().get(0x0112, 1)
-    if fmt in ("JPEG", "PNG") and image.mode == "RGB" and orientation in (1, None):
+    if orientation == "unknown":
+        orientation = image.getexif().get(0x0112, 1)
+        plain = image.mode == "RGB" and orientation in (1, None)
+    if plain:
         return CheckedImage(data, ".jpg" if fmt == "JPEG" else ".png", width, height, fmt)
     upright = to_rgb(ImageOps.exif_transpose(image))
     buffer = io.BytesIO()
@@ -80,15 +160,17 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
 
 
 def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
+    """The intact objects: made with this code and these limits, and whose bytes still hash to what was recorded
+    (a changed, truncated or replaced object is left out, so it is made again from its source)."""
     path = objects_dir / OBJECT_INDEX
     if not path.exists():
         return {}
     try:
         rows = read_csv(path, OBJECT_INDEX_COLUMNS)
-    except PipelineError:
+    except (PipelineError, csv.Error, UnicodeDecodeError):
         return {}  # a damaged cache index is rebuilt, never trusted
     return {row["candidate_id"]: row for row in rows
-            if row["checked_with"] == checked_with and (objects_dir / row["object"]).is_file()}
+            if row["checked_with"] == checked_with and matches(objects_dir / row["object"], row["sha256"])}
 
 
 def _extra(fields: dict) -> str:
@@ -131,12 +213,32 @@ class ReadCache:
                                                  sort_keys=True, ensure_ascii=False).encode())
 
 
-def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int) -> IngestResult:
-    """Read every source, vet every image, store objects by content hash and write the three tables."""
+def _label_conflict(rows: list[dict]) -> str | None:
+    """What the rows of one image disagree on (non-empty values only; lesion keys within one source), or None."""
+    differences = []
+    for field_name in LABEL_FIELDS:
+        groups = ([[r for r in rows if r["source"] == s] for s in dict.fromkeys(r["source"] for r in rows)]
+                  if field_name == "lesion_key" else [rows])
+        for group in groups:
+            values = {r["fields"].get(field_name, "").strip().casefold() for r in group} - {""}
+            if len(values) > 1:
+                differences.append(field_name)
+                break
+    if not differences:
+        return None
+    said = "; ".join(f"{r['source']}:{r['origin']} {r['member']}".strip() + " says " +
+                     ", ".join(f"{f}={r['fields'].get(f, '')!r}" for f in differences) for r in rows)
+    return f"conflicting labels: {said}; every row of this image is excluded"
+
+
+def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int | Limits) -> IngestResult:
+    """Read every source, vet every image, store objects by content hash and write the three tables.
+    `max_pixels`: the pixel limit alone, or all the per-image `Limits` (params `ingest`)."""
+    limits = max_pixels if isinstance(max_pixels, Limits) else Limits(max_pixels=max_pixels)
     out_dir = Path(out_dir)
     objects_dir = out_dir / "objects"
     objects_dir.mkdir(parents=True, exist_ok=True)
-    checked_with = f"{code_version(__name__)}-{max_pixels}"
+    checked_with = f"{code_version(__name__)}-{stable_hash(limits.__dict__)[:12]}"
     cache = _load_object_index(objects_dir, checked_with)
     reads = ReadCache(out_dir / READ_CACHE, checked_with)
 
@@ -150,6 +252,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         return {"origin": origin, "member": member, "reason": reason}
 
     declared: dict[str, dict] = {}  # source name -> fields its params set on every candidate (not cached)
+    seen_rows: dict[str, list[dict]] = {}  # candidate_id -> every row that gave those bytes, to find conflicts
 
     def take(name: str, kind: str, candidate_id: str, origin: str, member: str, fields: dict,
              data: bytes | None) -> dict:
@@ -157,24 +260,28 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         entry = {"sha256": candidate_id, "origin": origin, "member": member, "fields": fields}
         place = {"candidate_id": candidate_id, "source": name, "origin": origin, "member": member}
         if candidate_id in candidates:
+            seen_rows[candidate_id].append({**place, "fields": fields})
             first = candidates[candidate_id]
             provenance.append(place)
             reject(name, origin, member, f"duplicate of candidate {candidate_id[:12]} "
                                          f"(kept from {first['source']}:{first['origin']} {first['member']})".strip())
+            rejects[-1]["_duplicate_of"] = candidate_id
             return entry
         info = cache.get(candidate_id)
         if info is None:
             try:
-                checked = check_image(data, max_pixels)
+                checked = check_image(data, limits)
             except BadImage as error:
                 return reject(name, origin, member, str(error))
             counts["decoded"] += 1
             object_name = candidate_id + checked.extension
             atomic_write_bytes(objects_dir / object_name, checked.stored)
-            info = {"candidate_id": candidate_id, "object": object_name, "width": checked.width,
+            info = {"candidate_id": candidate_id, "object": object_name, "sha256": sha256_bytes(checked.stored),
+                    "width": checked.width,
                     "height": checked.height, "format": checked.format, "checked_with": checked_with}
             cache[candidate_id] = info
         provenance.append(place)
+        seen_rows[candidate_id] = [{**place, "fields": fields}]
         fields = {**fields, **{key: value for key, value in declared[name].items()
                                if key == "image_type_hint" or not fields.get(key)}}
         candidates[candidate_id] = {
@@ -217,6 +324,10 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                                                                      "does not exist"))
         reader_version = code_version(read.__module__)
         for element in progress(read(root, options), f"ingest {name}"):
+            outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
+            if outside:
+                reject(name, element.origin, getattr(element, "member", ""), outside)
+                continue
             if not isinstance(element, Unit):
                 handle(name, kind, element)
                 continue
@@ -233,6 +344,17 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                 counts["units_read"] += 1
                 entries = [handle(name, kind, result) for result in element.read()]
             reads.new[key] = entries
+
+    conflicts = {cid: reason for cid, rows in seen_rows.items() if (reason := _label_conflict(rows))}
+    if conflicts:
+        rejects[:] = [r for r in rejects if r.get("_duplicate_of") not in conflicts]
+        provenance[:] = [p for p in provenance if p["candidate_id"] not in conflicts]
+        for candidate_id, reason in sorted(conflicts.items()):
+            del candidates[candidate_id]
+            for row in seen_rows[candidate_id]:
+                reject(row["source"], row["origin"], row["member"], reason)
+    for row in rejects:
+        row.pop("_duplicate_of", None)
 
     # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
     keep = {row["object"] for row in candidates.values()}

@@ -27,8 +27,8 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_file, stable_hash, write_csv
+from .integrity import copy_verified, make_readable
 from .isic_export import isic_diagnoses, write_isic_outputs
-from .linking import place
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
 MANIFEST_COLUMNS = ("path", "sha256", "bytes", "split", "image_id", "lesion_id", "dx")
@@ -55,7 +55,7 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
                   release_dir: Path, summary_json: Path, all_params: dict | None = None) -> dict:
     """`params` is the `release` section; `all_params` the whole params file, hashed into release.json."""
     rows = read_csv(metadata_csv, HAM_COLUMNS)
-    files = {r["image_id"]: r["file"] for r in read_csv(images_csv, ("image_id", "file"))}
+    files = {r["image_id"]: r for r in read_csv(images_csv, ("image_id", "file", "sha256"))}
     hierarchy = isic_diagnoses(images_csv)  # image_id -> ISIC diagnosis node, for the ISIC outputs
     split_of = {r["lesion_id"]: r["split"] for r in read_csv(splits_csv, ("lesion_id", "split"))}
     release_dir = Path(release_dir)
@@ -72,9 +72,10 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
         split_manifest = []
         for row in by_split[split]:
             relative = f"images/{row['image_id']}.jpg"
-            target = release_dir / split / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            place(Path(standardised_dir) / files[row["image_id"]], target)  # a hard link, copy across devices
+            # A hard link from the standardised store (a copy across devices), checked against the sha256 the
+            # metadata stage recorded: a corrupt file never reaches release/.
+            copy_verified(Path(standardised_dir) / files[row["image_id"]]["file"], release_dir / split / relative,
+                          files[row["image_id"]]["sha256"])
             split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
                                    "lesion_id": row["lesion_id"], "dx": row["dx"]})
         write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
@@ -111,6 +112,7 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
         fill_hashes(release_dir, [entry for entry in manifest if "sha256" not in entry])
     manifest.sort(key=lambda e: e["path"])
     write_csv(release_dir / "manifest.csv", manifest, MANIFEST_COLUMNS)
+    make_readable(release_dir)
     atomic_write_bytes(Path(summary_json), (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary
 

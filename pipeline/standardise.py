@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, sha256_file, stable_hash, write_csv
 from .imaging import EXIF_ORIENTATION, to_rgb
+from .integrity import HashStore, check_cover_geometry
 from .parallel import pool_map
 
 INDEX_COLUMNS = ("candidate_id", "file", "sha256", "bytes", "duplicate_of", "duplicate_reason")
@@ -44,6 +45,7 @@ REDUCING_GAP = 2.0
 
 def standardise_image(image: Image.Image, width: int = 600, height: int = 450, quality: int = 100,
                       density: int = 72) -> bytes:
+    check_cover_geometry(getattr(image, "filename", "") or "image", *image.size, width, height)
     """The recipe's JPEG bytes of an opened (not yet loaded, for the fast path) image."""
     stored_w, stored_h = image.size
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
@@ -102,7 +104,14 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
     images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
     names = {candidate_id: f"{candidate_id}-{recipe}.jpg" for candidate_id in kept}
-    present = set(os.listdir(images_dir))
+    # A file is reused only while it still hashes to what was recorded when it was written (SHA256SUMS, kept
+    # inside the persistent folder); anything else is made again.
+    sums = HashStore(images_dir)
+    present = set(os.listdir(images_dir)) - {HashStore.NAME}
+    for name in sorted(set(names.values()) & present):
+        if not sums.intact(name):
+            (images_dir / name).unlink()
+            present.discard(name)
     processed = sum(1 for name in names.values() if name not in present)
     tasks = [(c, str(Path(objects_dir) / candidates[c]["object"]), str(images_dir / names[c]),
               {k: params[k] for k in RECIPE_PARAMS}) for c in kept]
@@ -113,6 +122,9 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
         raise PipelineError(f"standardise: candidate {candidate_id} ({candidates[candidate_id]['object']}): "
                             f"{error}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     wanted = set(names.values())
+    for candidate_id, digest, _, _ in results:  # the workers' hashes of the files just written or found intact
+        sums.sums[names[candidate_id]] = digest
+    sums.save(wanted)
     for name in present - wanted:
         (images_dir / name).unlink()
 

@@ -158,8 +158,9 @@ OPTIONS = {"index": "index.csv", "columns": {"file": "file", "lesion_key": "lesi
                                              "sex": "sex", "localization": "site"}}
 
 
-def make_export(root: Path, files: dict[str, bytes], rows: list[str]) -> Path:
-    """A source folder with the given image files and an index listing `rows` (file names, in that order)."""
+def make_export(root: Path, files: dict[str, bytes], rows: list[str], lesions: dict | None = None) -> Path:
+    """A source folder with the given image files and an index listing `rows` (file names, in that order);
+    row n's lesion is L<n> unless `lesions` names it."""
     root.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,7 @@ def make_export(root: Path, files: dict[str, bytes], rows: list[str]) -> Path:
         writer = csv.writer(handle)
         writer.writerow(FIELDS)
         for number, name in enumerate(rows):
-            writer.writerow([name, f"L{number:03d}", "nv", "45", "male", "back"])
+            writer.writerow([name, (lesions or {}).get(name, f"L{number:03d}"), "nv", "45", "male", "back"])
     return root
 
 
@@ -190,7 +191,7 @@ def test_ingest_counts_duplicates_bad_rows_and_containment(tmp_path, dsc_images)
     (tmp_path / "raw" / "x.jpg").parent.mkdir(parents=True)
     (raw / "x.jpg").write_bytes(dsc_images[11].read_bytes())  # what "../x.jpg" would reach
     a_rows = [*(f"a{i}.jpg" for i in range(5)), "a_copy.jpg", "empty.jpg", "ghost.jpg", "../x.jpg"]
-    make_export(raw / "a", a_files, a_rows)
+    make_export(raw / "a", a_files, a_rows, lesions={"a_copy.jpg": "L001"})  # same labels as a1: a duplicate
     b_files = {"b0.jpg": dsc_images[2].read_bytes(),  # duplicate across sources (of a2)
                "sub/b1.jpg": dsc_images[6].read_bytes(), "b2.jpg": dsc_images[7].read_bytes()}
     make_export(raw / "b", b_files, list(b_files))

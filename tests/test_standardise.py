@@ -347,7 +347,7 @@ def test_stage_incremental_params_and_duplicates(tmp_path, real_images):
     assert rows[twins[0]]["duplicate_of"] == "" and rows[twins[1]]["duplicate_of"] == twins[0]
     assert rows[twins[0]]["sha256"] == rows[twins[1]]["sha256"]
     assert sum(1 for r in rows.values() if r["duplicate_of"]) == 1
-    first_files = {p.name for p in images_dir.iterdir()}
+    first_files = {p.name for p in images_dir.iterdir()} - {"SHA256SUMS"}
     assert first_files == {r["file"] for r in rows.values()}
     for row in rows.values():
         assert (images_dir / row["file"]).stat().st_size == int(row["bytes"])
@@ -355,11 +355,11 @@ def test_stage_incremental_params_and_duplicates(tmp_path, real_images):
 
     second = run(PARAMS)
     assert (second["processed"], second["reused"]) == (0, 6)
-    assert {p.name for p in images_dir.iterdir()} == first_files
+    assert {p.name for p in images_dir.iterdir()} - {"SHA256SUMS"} == first_files
 
     third = run({**PARAMS, "quality": 95})
     assert (third["processed"], third["reused"]) == (6, 0)
-    third_files = {p.name for p in images_dir.iterdir()}
+    third_files = {p.name for p in images_dir.iterdir()} - {"SHA256SUMS"}
     assert len(third_files) == 6 and not third_files & first_files, "old recipe's files were not pruned"
     assert third_files == {r["file"] for r in read_csv(index)}
 

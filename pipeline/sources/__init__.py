@@ -16,6 +16,11 @@ module, registered beside the reader in `KINDS`), built by `from_options(source_
 (with the closest known one suggested) or a bad value (a regex that does not compile, a column mapping that is not
 a mapping of text, text where a number belongs) raises `OptionError`, one line naming the source and the key.
 `schemas/params.schema.json` describes the same options per kind; a test keeps the two equal.
+
+Links: `link_outside(root, origin)` is the one check that a raw file does not leave its source folder: a file
+link, or a folder link on the way to it, that resolves outside the root gives the reason ingest writes to the
+ledger (ingest applies it to every item and unit of every reader, before anything is read or taken from a cache).
+Links that stay inside the source are followed.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import csv
 import difflib
 import importlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -127,6 +133,27 @@ def read_sheet(path: Path, name: str, sheet: str | None = None,
         raise BadTable(f"{name}: unreadable workbook ({type(error).__name__}: {error})") from None
     finally:
         workbook.close()
+
+
+def link_outside(root: Path, origin: str) -> str | None:
+    """Why `root/origin` may not be read: it is (or passes through) a link resolving outside `root`, or its links
+    loop; None when it stays inside. `origin` is the reader's path of the raw file relative to the root."""
+    root = Path(root)
+    path = root / origin
+    try:
+        resolved, real_root = path.resolve(strict=False), root.resolve(strict=False)
+    except (OSError, RuntimeError) as error:  # a link loop
+        return f"{origin}: its links cannot be resolved ({error}); not read"
+    if resolved == real_root or real_root in resolved.parents:
+        return None
+    link, target = origin, str(resolved)
+    for candidate in [path, *path.parents]:
+        if candidate == root or root not in candidate.parents:
+            break
+        if candidate.is_symlink():
+            link, target = candidate.relative_to(root).as_posix(), os.readlink(candidate)
+    return (f"{origin}: link {link} -> {target} resolves outside the source folder; links are not followed out "
+            f"of a source (copy the file in)")
 
 
 def file_stamp(path: Path, *context) -> str:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
-from . import ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, mapping, option, read_sheet, text
+from . import (ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, link_outside, mapping, option,
+               read_sheet, text)
 
 INDEX_SKIP = {".csv", ".xlsx", ".xls", ".md", ".txt", ".json", ".yaml", ".yml"}
 COLUMN_KEYS = ("file", *ITEM_FIELDS)  # what `columns` may map
@@ -141,8 +142,9 @@ def read_export(root: Path, options: ExportOptions | dict) -> Iterator[Union[Raw
         origin = str(PurePosixPath(options.images) / relative).removeprefix("./")
         named.add(origin)
         path = images_dir / relative
-        if not path.is_file():
-            yield Reject(origin, member, f"{label} {member}: image file {relative} not found")
+        if not path.is_file():  # a link that loops or leaves the source says so rather than "not found"
+            yield Reject(origin, member, link_outside(root, origin) or f"{label} {member}: image file {relative} "
+                                                                       f"not found")
             continue
         fields = {name: (row.get(columns.get(name, name)) or "").strip() for name in ITEM_FIELDS}
         yield file_unit(path, origin, member, fields, f"{label} {member}: image file {relative} cannot be read")

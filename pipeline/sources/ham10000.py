@@ -111,6 +111,7 @@ class Catalogue:
         self.unusable = ""  # why the whole file could not be used
         self.entries: dict[str, tuple[int, dict]] = {}  # image_id -> (row number, fields)
         self.used: set[str] = set()
+        self.refused: dict[str, str] = {}  # image_id -> why its member was rejected unread (for the row's reason)
 
     def add(self, number: int, image_id: str, fields: dict) -> Reject | None:
         if not image_id:
@@ -258,6 +259,8 @@ def read_zip(root: Path, zip_name: str, catalogue: Catalogue, seen: dict[str, st
                                              f"(first in {seen[image_id]})")
                 continue
             if info.file_size > max_bytes:
+                catalogue.refused[image_id] = (f"its member {name} in {zip_name} is {info.file_size} bytes, over "
+                                               f"max_member_bytes = {max_bytes}, and was rejected unread")
                 yield Reject(zip_name, name, f"{zip_name}: member {name} is {info.file_size} bytes, over "
                                              f"max_member_bytes = {max_bytes}")
                 continue
@@ -288,7 +291,10 @@ def unmatched_rows(catalogue: Catalogue, zip_names: list[str], unreadable: list[
     where = " or ".join(zip_names) or "no zip"
     note = f" (unreadable: {', '.join(unreadable)})" if unreadable else ""
     for image_id, (number, _) in sorted(catalogue.entries.items(), key=lambda entry: entry[1][0]):
-        if image_id not in catalogue.used:
+        if image_id in catalogue.refused:
+            yield Reject(catalogue.name, f"row {number}", f"{catalogue.name} row {number}: image {image_id}: "
+                                                          f"{catalogue.refused[image_id]}")
+        elif image_id not in catalogue.used:
             yield Reject(catalogue.name, f"row {number}", f"{catalogue.name} row {number}: image {image_id} not "
                                                           f"found in {where}{note}")
 

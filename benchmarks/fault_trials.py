@@ -1,0 +1,220 @@
+"""Fault trials: `dvc repro` killed with SIGKILL at seeded points of every stage and of DVC's lock update, then
+recovered with a plain `dvc repro`; the release must come out byte-identical to an uninterrupted run.
+
+    python -m benchmarks.fault_trials --trials 20 --seed 1 [--images 490] [--scale 2] [--workdir DIR]
+
+Set-up (in a throw-away copy of the repository, under --workdir or a temporary folder): the synthetic sample plus
+one more export source made of the real HAM10000 images in $HAM_DATA (default ../shared/data), upscaled
+`--scale` times so that ingest, the filter and standardise each run for seconds (`filter.epochs` cut to
+`--epochs`: training length is not under test); every source `dvc add`ed and
+committed, as a maintainer would. A first, uninterrupted `dvc repro` gives the reference: the sha256 of every file
+under release/, dvc.lock, registry/ and metrics/, and each stage's duration.
+
+Each trial starts from the state before that run (interim outputs, models, release and DVC's run cache removed;
+dvc.lock, registry/ and metrics/ as committed), starts `dvc repro` in its own process group and kills the group
+with SIGKILL at the trial's point: `run` points land a seeded share of the way into a stage's command (its
+reference duration), `lock` points a seeded 0-200 ms after DVC announces it is updating dvc.lock for that stage
+(outputs being committed to the cache and the lock file written). Then the user's action runs: `make repro`,
+i.e. `python -m pipeline.integrity repair` (DVC's `.dvc/tmp/rwlock` or `dvc.lock` left half-written by the kill
+is removed or restored from git) and `dvc repro`; the trial passes when it succeeds, the fingerprint equals the
+reference, `dvc status` is clean and every file under release/ matches the manifest. Points cycle over the 7 stages x {run, lock} so 14 trials cover every kind.
+Prints one line per trial and a summary; `--json FILE` writes the outcomes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.integrity import repair_dvc_locks, verify_manifest  # noqa: E402
+from tests.pipeline_repo import copy_repository, run  # noqa: E402
+
+STAGES = ("ingest", "train_filter", "filter", "standardise", "metadata", "split", "release")
+SAMPLE_RAW = [f"data/raw/sample/{name}" for name in
+              ("rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias", "image_types.csv")]
+REAL = "data/raw/real/vidir_modern_real"
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def build_repo(workdir: Path, data: Path, images: int, scale: int, epochs: int) -> Path:
+    repo = copy_repository(workdir / "repo")
+    run(["ham", "sample", "data/raw/sample"], repo)
+    folder = repo / REAL
+    (folder / "images").mkdir(parents=True)
+    manifest = list(csv.DictReader(open(data / "ham10000" / "images_manifest.csv", newline="")))[:images]
+    with open(folder / "index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["file", "lesion", "dx", "dx_type"])
+        for row in manifest:
+            with Image.open(data / "ham10000" / "images" / f"{row['image_id']}.jpg") as image:
+                image.resize((image.width * scale, image.height * scale), Image.BICUBIC).save(
+                    folder / "images" / f"{row['image_id']}.jpg", quality=92)
+            writer.writerow([f"images/{row['image_id']}.jpg", row["lesion_id"], row["dx"], row["dx_type"]])
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["filter"]["epochs"] = epochs  # the network's training is not what is under test; keep it short
+    params["ingest"]["sources"].append({
+        "name": "vidir_modern_real", "kind": "export", "path": REAL, "dataset": "vidir_modern",
+        "options": {"columns": {"file": "file", "lesion_key": "lesion", "dx": "dx", "dx_type": "dx_type"}}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())
+    stages["stages"]["ingest"]["deps"].insert(0, REAL)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    run(["dvc", "add", *SAMPLE_RAW, REAL], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "fault-trial sources"], repo)
+    return repo
+
+
+def fingerprint(repo: Path) -> dict[str, str]:
+    files = [p for folder in ("release", "registry", "metrics") for p in sorted((repo / folder).rglob("*"))
+             if p.is_file()] + [repo / "dvc.lock"]
+    return {p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def reset(repo: Path) -> None:
+    for folder in ("data/interim", "models", "release", ".dvc/cache/runs"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+    # HEAD, not the index: DVC autostages dvc.lock (core.autostage)
+    run(["git", "checkout", "-q", "HEAD", "--", "dvc.lock", "registry", "metrics"], repo)
+
+
+def watched_repro(repo: Path, kill_at=None) -> dict:
+    """Run `dvc repro`, timestamping DVC's 'Running stage' and 'Updating lock file' lines. `kill_at(event,
+    stage)` returns a delay in seconds after which the process group gets SIGKILL (None: not at this event)."""
+    started = time.monotonic()
+    process = subprocess.Popen(["dvc", "repro"], cwd=repo, env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    events, lines, killed, timer = [], [], {}, None
+    stage = None
+
+    def kill(where):
+        if process.poll() is None:
+            killed.update(where)
+            killed["at"] = round(time.monotonic() - started, 3)
+            killed["last_line"] = lines[-1].strip() if lines else ""
+            os.killpg(process.pid, signal.SIGKILL)
+
+    for line in process.stdout:
+        lines.append(line)
+        now = time.monotonic() - started
+        event = None
+        if line.startswith("Running stage '"):
+            stage, event = line.split("'")[1], "run"
+        elif line.startswith("Updating lock file"):
+            event = "lock"
+        if event:
+            events.append((event, stage, now))
+            delay = kill_at(event, stage) if kill_at and timer is None else None
+            if delay is not None:
+                timer = threading.Timer(delay, kill, [{"event": event, "stage": stage, "delay": round(delay, 3)}])
+                timer.start()
+    code = process.wait()
+    if timer:
+        timer.cancel()
+    return {"code": code, "events": events, "killed": killed, "seconds": time.monotonic() - started,
+            "output": "".join(lines)}
+
+
+def durations(events: list, total: float) -> dict[str, float]:
+    """Seconds from each stage's 'Running stage' to its 'Updating lock file' line."""
+    out, start = {}, {}
+    for event, stage, at in events:
+        if event == "run":
+            start[stage] = at
+        elif stage in start and stage not in out:
+            out[stage] = at - start[stage]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--images", type=int, default=490, help="real images in the extra source")
+    parser.add_argument("--scale", type=int, default=2, help="upscale factor of the real images")
+    parser.add_argument("--epochs", type=int, default=3, help="filter.epochs in the trial repository")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    data = Path(os.environ.get("HAM_DATA", REPO.parent / "shared" / "data"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fault-trials-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    repo = build_repo(workdir, data, args.images, args.scale, args.epochs)
+    reference = watched_repro(repo)
+    if reference["code"]:
+        print(reference["output"])
+        return 1
+    expected = fingerprint(repo)
+    seconds = durations(reference["events"], reference["seconds"])
+    print(f"reference run: {reference['seconds']:.1f} s; " +
+          ", ".join(f"{s} {seconds.get(s, 0):.1f} s" for s in STAGES), flush=True)
+
+    kinds = [(stage, phase) for phase in ("run", "lock") for stage in STAGES]
+    outcomes = []
+    for trial in range(args.trials):
+        rng = random.Random(args.seed * 1000 + trial)
+        stage, phase = kinds[trial % len(kinds)]
+        share = rng.uniform(0.05, 0.95)
+        delay = share * seconds.get(stage, 0.1) if phase == "run" else rng.uniform(0.0, 0.2)
+        reset(repo)
+
+        def kill_at(event, at_stage, stage=stage, phase=phase, delay=delay):
+            return delay if (event, at_stage) == (phase, stage) else None
+
+        attempt = watched_repro(repo, kill_at)
+        repaired = repair_dvc_locks(repo)  # what `make repro` does first
+        recovery = watched_repro(repo)
+        status = run(["dvc", "status"], repo, check=False)
+        got = fingerprint(repo) if recovery["code"] == 0 else {}
+        differing = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        problems = verify_manifest(repo / "release") if recovery["code"] == 0 else ["recovery failed"]
+        outcome = {
+            "trial": trial, "target": f"{stage}:{phase}", "delay_s": round(delay, 3),
+            "killed": bool(attempt["killed"]), "killed_at_s": attempt["killed"].get("at"),
+            "last_line": attempt["killed"].get("last_line", ""), "attempt_exit": attempt["code"],
+            "repaired": repaired, "recovery_exit": recovery["code"],
+            "recovered_stages": [s for e, s, _ in recovery["events"] if e == "run"],
+            "identical": recovery["code"] == 0 and not differing, "differing": differing[:5],
+            "status_clean": "up to date" in status.stdout, "manifest_ok": not problems,
+        }
+        if recovery["code"]:
+            outcome["recovery_tail"] = recovery["output"][-600:]
+        outcome["passed"] = outcome["identical"] and outcome["status_clean"] and outcome["manifest_ok"]
+        outcomes.append(outcome)
+        print(json.dumps(outcome), flush=True)
+
+    passed = sum(o["passed"] for o in outcomes)
+    killed = sum(o["killed"] for o in outcomes)
+    print(f"{passed}/{len(outcomes)} trials recovered to a byte-identical release ({killed} killed mid-run; "
+          f"targets: {', '.join(sorted({o['target'] for o in outcomes}))})")
+    if args.json:
+        args.json.write_text(json.dumps({"reference_seconds": seconds, "outcomes": outcomes}, indent=2))
+    return 0 if passed == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

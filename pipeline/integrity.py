@@ -1,0 +1,218 @@
+"""Content checks at the hand-overs between stages: a file is trusted by its bytes, never by its name.
+
+- `matches(path, sha256)`: whether a stored file (an ingest object, a standardised image) still hashes to the
+  value recorded for it when it was made; a store keeps a file only when it does, and rebuilds it otherwise.
+- `copy_verified(source, target, sha256)`: the release's copy of a standardised image, checked against the
+  standardised index's sha256 as it is written; a mismatch removes the copy and raises `CorruptFile` naming the
+  file, so a corrupt image never stays in `release/`. `make_readable(folder)`: every file 0644 and folder 0755
+  whatever the umask (release files are for everyone).
+- `verify_manifest(release_dir)`: every file a release's manifest lists, re-hashed (after `dvc pull` or
+  `dvc checkout`, which trust their cache): the list of problems, empty when the release is intact
+  (`python -m pipeline.integrity verify [release]`, exit 1 on any problem).
+- `HashStore(folder)`: the sha256 of every file a persistent store (the standardised images) made, kept in the
+  folder itself (`SHA256SUMS`, so it persists with it while the stage's other outputs are removed before a
+  run): a file is reused only while it still hashes to what was recorded when it was written.
+- `repair_dvc_locks(repo)`: after a `dvc` process was killed (kill -9, power loss), DVC's lock record
+  `.dvc/tmp/rwlock` or `dvc.lock` itself may be left half-written, and every later `dvc` command then stops
+  ("Unable to read RWLock-file", "'./dvc.lock' validation failed"); an unreadable rwlock is removed (it only
+  lists running dvc processes, and DVC already ignores entries of dead ones), an unreadable dvc.lock replaced by
+  git's copy. `python -m pipeline.integrity repair [REPO]` does it; `make repro` runs it first.
+- `check_cover_geometry(...)`: the standardise guard, refusing an image whose cover-resize would be degenerate
+  (ingest rejects such images first, by `ingest.min_side` and `ingest.max_aspect`; this stops an object store
+  filled some other way).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .common import PipelineError, atomic_write_bytes, sha256_bytes, sha256_file
+
+RELEASE_MODE = 0o644
+# A standardised image is at most this many times the target's area before the crop (4:3 target, aspect 1:16
+# -> 12x); beyond it the source image is degenerate and the resize would take memory out of all proportion.
+MAX_COVER_FACTOR = 16
+
+
+class CorruptFile(PipelineError):
+    """A file whose bytes no longer hash to the value recorded for it."""
+
+
+def matches(path: Path, sha256: str) -> bool:
+    """True when `path` is a file whose sha256 is `sha256` (False for a missing or unreadable file)."""
+    try:
+        return bool(sha256) and sha256_file(path) == sha256
+    except OSError:
+        return False
+
+
+def copy_verified(source: Path, target: Path, sha256: str) -> None:
+    """Place `source` at `target` (a hard link where possible, else a copy: `linking.place`; mode 0644) and check
+    it hashes to `sha256`; else remove it and raise."""
+    from .linking import place
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    place(source, target)
+    os.chmod(target, RELEASE_MODE)
+    if not matches(target, sha256):
+        target.unlink(missing_ok=True)
+        raise CorruptFile(f"{source}: content does not match the sha256 {sha256[:12]}... recorded in the standardised "
+                          f"index (corrupt or replaced file); rebuild it with `dvc repro --force -s standardise` "
+                          f"(or delete it and run `dvc repro`)")
+
+
+def make_readable(folder: Path) -> None:
+    """Mode 0644 for every file under `folder`, 0755 for every folder (itself included), whatever the umask."""
+    folder = Path(folder)
+    os.chmod(folder, 0o755)
+    for path in folder.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else RELEASE_MODE)
+
+
+def verify_manifest(release_dir: Path) -> list[str]:
+    """Problems of a release folder against its manifest.csv: a listed file missing, of another size or hash, a
+    file not listed. Empty when every file is as the manifest says."""
+    release_dir = Path(release_dir)
+    manifest = release_dir / "manifest.csv"
+    if not manifest.is_file():
+        return [f"{manifest}: not found"]
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    problems, listed = [], {"manifest.csv"}
+    for number, row in enumerate(rows, start=2):
+        path = release_dir / row.get("path", "")
+        listed.add(row.get("path", ""))
+        if not path.is_file():
+            problems.append(f"{path}: missing (manifest.csv row {number})")
+        elif str(path.stat().st_size) != row.get("bytes"):
+            problems.append(f"{path}: {path.stat().st_size} bytes, manifest.csv row {number} says {row.get('bytes')}")
+        elif not matches(path, row.get("sha256", "")):
+            problems.append(f"{path}: sha256 differs from manifest.csv row {number} (corrupt file)")
+    for path in sorted(p for p in release_dir.rglob("*") if p.is_file()):
+        if path.relative_to(release_dir).as_posix() not in listed:
+            problems.append(f"{path}: not listed in manifest.csv")
+    return problems
+
+
+def check_cover_geometry(name: str, width: int, height: int, target_width: int, target_height: int) -> None:
+    """Raise PipelineError naming `name` when covering the target box would scale the image to more than
+    MAX_COVER_FACTOR times the box's area (a 1x800 strip, a 0-pixel side)."""
+    if width < 1 or height < 1:
+        raise PipelineError(f"{name}: image is {width}x{height}, nothing to standardise")
+    long_side, short_side = max(width, height), min(width, height)
+    box_long, box_short = max(target_width, target_height), min(target_width, target_height)
+    scale = max(box_long / long_side, box_short / short_side)
+    if long_side * scale * short_side * scale > MAX_COVER_FACTOR * target_width * target_height:
+        raise PipelineError(f"{name}: image is {width}x{height}, too narrow to cover {target_width}x"
+                            f"{target_height} (it would be scaled to {round(long_side * scale)}x"
+                            f"{round(short_side * scale)}); ingest rejects such images by ingest.max_aspect")
+
+
+class HashStore:
+    """`SHA256SUMS` of a persistent output folder: file name -> sha256 recorded when the file was written.
+
+    `intact(name)`: the file exists and hashes to its record (a file without a record, e.g. written by a run
+    killed before `save`, is not trusted). `record(name, data)` notes a file just written; `save(names)` keeps
+    the records of `names` only. The stage keeps the file out of its own clean-up (`NAME`)."""
+
+    NAME = "SHA256SUMS"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.sums: dict[str, str] = {}
+        try:
+            for line in (self.folder / self.NAME).read_text(encoding="utf-8").splitlines():
+                digest, _, name = line.partition("  ")
+                if len(digest) == 64 and name:
+                    self.sums[name] = digest
+        except (OSError, UnicodeDecodeError):
+            pass  # missing or damaged: every file is checked against nothing, i.e. rebuilt
+
+    def intact(self, name: str) -> bool:
+        return matches(self.folder / name, self.sums.get(name, ""))
+
+    def record(self, name: str, data: bytes) -> None:
+        self.sums[name] = sha256_bytes(data)
+
+    def save(self, names) -> None:
+        lines = "".join(f"{self.sums[n]}  {n}\n" for n in sorted(names) if n in self.sums)
+        atomic_write_bytes(self.folder / self.NAME, lines.encode("utf-8"))
+
+
+def _valid_lockfile(text: str | None) -> bool:
+    if not text:
+        return False
+    try:
+        import yaml
+        from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+
+        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(text))
+        return True
+    except Exception:  # YAML cut short, or a stage entry cut short (DVC's own schema says which)
+        return False
+
+
+def _git_show(repo: Path, spec: str) -> str | None:
+    import subprocess
+
+    result = subprocess.run(["git", "show", spec], cwd=repo, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def repair_dvc_locks(repo: Path = Path(".")) -> list[str]:
+    """Undo what a `dvc` killed mid-write leaves behind (DVC rewrites both files in place, not atomically):
+    `.dvc/tmp/rwlock` that is not readable JSON is removed; a `dvc.lock` that DVC cannot read is replaced by
+    the git index's or HEAD's version (the first DVC can read; none: removed). An older lock only makes
+    `dvc repro` re-run the stages it no longer vouches for, and the stores re-check their files by hash.
+    Returns what was done, one line each (empty: nothing to repair)."""
+    repo, done = Path(repo), []
+    rwlock = repo / ".dvc" / "tmp" / "rwlock"
+    try:
+        json.loads(rwlock.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        rwlock.unlink(missing_ok=True)
+        done.append(f"removed {rwlock}: half-written by a dvc process that was killed (it lists running dvc "
+                    f"processes only)")
+    lockfile = repo / "dvc.lock"
+    if lockfile.exists() and not _valid_lockfile(lockfile.read_text(encoding="utf-8", errors="replace")):
+        for spec, where in ((":dvc.lock", "the git index"), ("HEAD:dvc.lock", "the last commit")):
+            text = _git_show(repo, spec)
+            if _valid_lockfile(text):
+                lockfile.write_text(text, encoding="utf-8")
+                done.append(f"{lockfile}: cut short by a killed dvc; restored from {where} (dvc repro re-runs "
+                            f"the stages it no longer vouches for)")
+                break
+        else:
+            lockfile.unlink()
+            done.append(f"{lockfile}: cut short by a killed dvc and no readable copy in git; removed (dvc repro "
+                        f"re-runs every stage)")
+    return done
+
+
+def main(argv: list[str]) -> int:
+    """`repair [REPO]`: repair_dvc_locks; `verify [RELEASE]`: verify_manifest, one line per problem, exit 1."""
+    if len(argv) < 1 or argv[0] not in ("repair", "verify"):
+        print("usage: python -m pipeline.integrity repair [REPO] | verify [RELEASE_DIR]", file=sys.stderr)
+        return 2
+    if argv[0] == "repair":
+        for line in repair_dvc_locks(Path(argv[1]) if len(argv) > 1 else Path(".")):
+            print(line, file=sys.stderr)
+        return 0
+    release = Path(argv[1]) if len(argv) > 1 else Path("release")
+    problems = verify_manifest(release)
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"{release}: every file matches manifest.csv")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
