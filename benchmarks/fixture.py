@@ -43,7 +43,7 @@ from PIL import Image, ImageEnhance, ImageOps
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("HAM_DATA", REPO.parent / "shared" / "data"))
 IMAGE_RECIPE = 1  # bump when the derivation of an image changes: the derived images' cache key changes with it
-LAYOUT_RECIPE = 2  # bump when the layout of the sources changes
+LAYOUT_RECIPE = 3  # bump when the layout of the sources changes
 
 # Rows (of the 10015) given to each non-ham10000 kind at the 10k scale; the 1k scale takes a tenth.
 KIND_ROWS = {"export": 300, "series": 100, "slides": 50, "pptx": 120}
@@ -259,11 +259,12 @@ def build_fixture(scale: str, data: Path = DATA, jobs: int = 2) -> Fixture:
         link(path, series / f"P{lesion[4:]}" / lesion / f"{day.isoformat()}.jpg")
         lesion_rows[lesion] = row
     with open(series / "lesions.csv", "w", newline="") as handle:
-        columns = ["patient", "lesion", "dx", "dx_type", "age", "sex", "localization"]
+        columns = ["patient", "lesion", "diagnosis", "dx", "dx_type", "age", "sex", "localization"]
         writer = csv.DictWriter(handle, columns, lineterminator="\n")
         writer.writeheader()
         for lesion, row in sorted(lesion_rows.items()):
-            writer.writerow({"patient": f"P{lesion[4:]}", "lesion": lesion, **{c: row[c] for c in columns[2:]}})
+            writer.writerow({"patient": f"P{lesion[4:]}", "lesion": lesion, "diagnosis": "",
+                             **{c: row[c] for c in columns[3:]}})
     sources.append({"name": "vidir_molemax", "kind": "series", "path": "vidir_molemax", "options": {}})
     counts["vidir_molemax"] = len(by_kind.get("series", []))
     annotations += [(d, "d") for n, (_, _, d) in enumerate(by_kind.get("series", [])) if n % 20 == 0]
