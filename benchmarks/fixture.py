@@ -4,10 +4,12 @@
 maintainer would add for the HAM10000 release, built from $HAM_DATA (default ../shared/data):
 
   ham10000/   kind `ham10000`: HAM10000_images_part_{1,2}.zip (600x450 JPEGs, stored), HAM10000_metadata.csv
-              (the real rows whose image is in the zips), ISIC2018_Task3_Test_Input.zip + its ground truth
+              (the real rows whose image is in the zips), ISIC2018_Task3_Test_Input.zip + its ground truth, and
+              the ISIC Archive's export of the collection as `test_metadata` (the test images' lesion IDs)
   vidir_modern/   kind `export`: 600x450 images (a quarter of them turned to portrait) + index.csv
   vidir_molemax/  kind `series`: <patient>/<lesion>/<date>.jpg at 2400x1800 (4.3 megapixels) + lesions.csv
-  vienna_dias/    kind `slides`: 2200x1500 scans, the picture inside a dark mount border, + index.csv
+  vienna_dias/    kind `slides`: 2200x1500 scans, the picture inside a dark mount border, + index.csv (histopathology
+                  rows only, as the route requires)
   rosendahl/      kind `pptx`: four yearly decks, one 1024x768 picture per slide with the lesion ID and diagnosis
   dermnet/        kind `export`: DermNet clinical photographs (not dermatoscopic: the filter drops them)
   increment/      kind `export`: 1 % more images, added by the benchmark after the first build
@@ -43,7 +45,7 @@ from PIL import Image, ImageEnhance, ImageOps
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("HAM_DATA", REPO.parent / "shared" / "data"))
 IMAGE_RECIPE = 1  # bump when the derivation of an image changes: the derived images' cache key changes with it
-LAYOUT_RECIPE = 3  # bump when the layout of the sources changes
+LAYOUT_RECIPE = 4  # bump when the layout of the sources changes
 
 # Rows (of the 10015) given to each non-ham10000 kind at the 10k scale; the 1k scale takes a tenth.
 KIND_ROWS = {"export": 300, "series": 100, "slides": 50, "pptx": 120}
@@ -169,6 +171,10 @@ def build_fixture(scale: str, data: Path = DATA, jobs: int = 2) -> Fixture:
     # Global index g: the 10k order, so the 1k fixture's images are a subset of the 10k fixture's.
     entries = [(kind, row, g) for g, (kind, row) in enumerate(assigned)]
     entries += [("test", row, len(assigned) + n) for n, row in enumerate(test)]
+    # the vienna_dias route's images are all histopathology (pipeline/source_rules.py): other rows the slides
+    # were given go to the export folder instead (same index g, so no other image changes)
+    entries = [("export" if kind == "slides" and row["dx_type"] != "histo" else kind, row, g)
+               for kind, row, g in entries]
     chosen = [e for e in entries if _in_scale(scale, e[1]["lesion_id"] if e[0] != "test" else e[1]["image"])]
     # the increment: 1 % of the scale's images (whole lesions chosen by hash give the 1k scale a few more)
     wanted = round(INCREMENT_FRACTION * sum(1 for e in chosen if e[0] != "increment"))
@@ -221,7 +227,11 @@ def build_fixture(scale: str, data: Path = DATA, jobs: int = 2) -> Fixture:
         writer = csv.DictWriter(handle, list(tests[0][0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(row for row, _, _ in tests)
-    sources.append({"name": "ham10000", "kind": "ham10000", "path": "ham10000", "options": {}})
+    # the test images' lesion IDs, dx_type, age, sex and site: the ISIC Archive's export of the collection
+    shutil.copyfile(data / "ham10000/metadata/ISIC_archive_HAM10000_collection_metadata.csv",
+                    ham / "ISIC_archive_metadata.csv")
+    sources.append({"name": "ham10000", "kind": "ham10000", "path": "ham10000",
+                    "options": {"test_metadata": "ISIC_archive_metadata.csv"}})
     counts["ham10000"] = len(train) + len(tests)
     annotations += [(digest, "d") for n, (_, _, digest) in enumerate(train + tests) if n % 20 == 0]
 
