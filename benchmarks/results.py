@@ -73,9 +73,14 @@ def missing(unit: str, command: str, reason: str, **extra) -> dict:
     return {"value": None, "unit": unit, "command": command, "missing": reason, **extra}
 
 
-def verdict(name: str, value) -> str:
+AT_10K = {"full_build_s", "full_build_peak_rss_mb"}  # targets stated for the 10k images
+
+
+def verdict(name: str, value, scale: str = "") -> str:
     if name not in TARGETS:
         return ""
+    if name in AT_10K and scale.startswith("1k"):
+        return "(1k: not comparable)"
     if value is None:
         return "missing"
     op, target, _ = TARGETS[name]
@@ -104,7 +109,9 @@ def table(results: dict, names: list[str] | None = None) -> str:
         value = entry.get("value")
         target = TARGETS.get(name, (None, None, ""))[2]
         note = entry.get("missing") or entry.get("note", "")
-        lines.append(f"| `{name}` | {_fmt(value, entry.get('unit', ''))} | {target} | {verdict(name, value)} | "
+        scale = entry.get("scale", "")
+        lines.append(f"| `{name}` | {_fmt(value, entry.get('unit', ''))}{' (1k)' if scale.startswith('1k') else ''} | "
+                     f"{target} | {verdict(name, value, scale)} | "
                      f"{note} |")
     return "\n".join(lines)
 
