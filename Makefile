@@ -38,13 +38,16 @@ validate: $(VENV)/.installed
 clean-demo:
 	rm -rf data/raw/sample data/interim models release
 
-# Figures are also merged into bench/results.json ({name: {value, unit, command}}). bench_standardise needs
-# ImageMagick (the authors' mogrify, timed side by side).
+# `make bench`: every benchmarks/bench_*.py that exists (ingest, standardise, filter, ...), then the scale benchmark,
+# which builds the 1k and 10k fixtures from $HAM_DATA (default ../shared/data) in a temporary folder; all merge their
+# figures into bench/results.json and the last prints them as a table with the targets. `make bench QUICK=1`: the
+# 1k fixture only (a few minutes on 2 cores). The standardise comparison needs ImageMagick's mogrify.
+BENCH_OTHERS := $(filter-out benchmarks/bench_scale.py,$(sort $(wildcard benchmarks/bench_*.py)))
 bench: $(VENV)/.installed
-	$(BIN)/python -m benchmarks.bench_ingest
-	$(BIN)/python -m benchmarks.bench_standardise
-	$(BIN)/python -m benchmarks.bench_dedupe
-	$(BIN)/python -m benchmarks.bench_release_link
+ifndef QUICK
+	set -e; for script in $(BENCH_OTHERS); do $(BIN)/python -m benchmarks.$$(basename $$script .py); done
+endif
+	$(BIN)/python -m benchmarks.bench_scale $(if $(QUICK),--quick)
 
 bench-diff: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.bench_diff

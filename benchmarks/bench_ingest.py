@@ -6,7 +6,8 @@ real images in $HAM_DATA (default ../shared/data), ingests them from nothing, th
   - a re-run after one new export batch (folder) is added;
   - a re-run after one new deck is added to the pptx source.
 Prints the times, how many raw files were read and images decoded, and each re-run's time as a share of the full
-ingest's, next to the share of new material.
+ingest's, next to the share of new material, and merges the three shares into bench/results.json
+(`ingest_noop_fraction`, `ingest_plus_folder_fraction`, `ingest_plus_deck_fraction`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from pptx import Presentation
 from pptx.util import Inches
 
+from benchmarks.results import figure, machine, record
 from pipeline.ingest import ingest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +86,13 @@ def main() -> None:
         previous = len(result.candidates)
         print(f"{label:22s} {len(result.candidates):6d} {result.units_read:10d} {result.units_cached:6d} "
               f"{result.decoded:7d} {seconds:8.3f} {seconds / full_s:6.1%} {new:5.0%}")
+    keys = {"re-run, nothing new": "ingest_noop_fraction", "re-run, +1 folder": "ingest_plus_folder_fraction",
+            "re-run, +1 deck": "ingest_plus_deck_fraction"}
+    record({keys[label]: figure(round(seconds / full_s, 3), "fraction", "python -m benchmarks.bench_ingest",
+                                note=f"{label}: {seconds:.2f} s of the full ingest's {full_s:.2f} s "
+                                     f"({len(runs[0][1].candidates)} images); ingest alone, in process",
+                                machine=machine())
+            for label, result, seconds in runs[1:]})
 
 
 if __name__ == "__main__":
