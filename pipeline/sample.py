@@ -158,8 +158,12 @@ def draw(rng: np.random.Generator, image_type: str, dx: str, portrait: bool = Fa
 
 
 def revisit(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """The same lesion at a later visit: the camera a little turned, the exposure a little different."""
-    turned = image.rotate(float(rng.uniform(-6, 6)), resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    """The same lesion at a later visit: the dermatoscope put down again (turned by 15 to 45 degrees either way,
+    a little off centre), the exposure a little different. A different photograph, not a near-copy: the
+    near-duplicate check must keep every visit of a follow-up series."""
+    angle = float(rng.choice([-1.0, 1.0]) * rng.uniform(15, 45))
+    shift = tuple(float(v) for v in rng.uniform(-0.08, 0.08, 2) * image.size)
+    turned = image.rotate(angle, resample=Image.BILINEAR, translate=shift, fillcolor=(0, 0, 0))
     pixels = np.asarray(turned, dtype=np.float64) * rng.uniform(0.92, 1.08) + rng.normal(0, 2, (1, 1, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
