@@ -39,6 +39,7 @@ def test_unannotated_batch_neither_retrains_nor_rescores(tmp_path):
             writer.writerow([f"new{number}.jpg", f"N{number}"])
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["ingest"]["sources"].append({"name": "new_batch", "kind": "export", "path": "data/raw/new_batch",
+                                        "dataset": "vidir_modern",
                                         "options": {"index": "index.csv", "columns": {"lesion_key": "lesion"}}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())
