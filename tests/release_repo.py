@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.common import read_csv, write_csv
+from pipeline.common import read_csv, sha256_file, write_csv
 from pipeline.metadata import METADATA_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +48,11 @@ def stage_inputs(folder: Path, rows: list[dict], ham_data: Path, split_of: dict[
         shutil.copyfile(ham_data / "ham10000" / "images" / f"{row['image_id']}.jpg",
                         folder / "std" / f"{row['image_id']}.jpg")
     write_csv(folder / "metadata.csv", sorted(rows, key=lambda r: (r["lesion_id"], r["image_id"])), METADATA_COLUMNS)
+    # The sha256 the metadata stage records for each standardised image: the release checks what it places.
     write_csv(folder / "images.csv", ({"image_id": r["image_id"], "lesion_id": r["lesion_id"],
-                                       "file": f"{r['image_id']}.jpg"} for r in rows), IMAGES_COLUMNS)
+                                       "file": f"{r['image_id']}.jpg",
+                                       "sha256": sha256_file(folder / "std" / f"{r['image_id']}.jpg")}
+                                      for r in rows), IMAGES_COLUMNS)
     write_csv(folder / "splits.csv", ({"lesion_id": l, "split": s} for l, s in sorted(split_of.items())),
               ("lesion_id", "split"))
 

@@ -38,7 +38,7 @@ def _export(root: Path, images: list[Path], lesions: dict[str, str]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["file", "lesion_key"])
         for image in images:
-            (root / image.name).symlink_to(image)  # the real data is read in place
+            shutil.copyfile(image, root / image.name)  # a symlink out of the source would be rejected
             writer.writerow([image.name, lesions.get(image.stem, image.stem)])
 
 

@@ -2,6 +2,7 @@
 archive's own package (isic-metadata) and read back by the `isic` source kind; and the older flat export, checked
 row by row against the archive's own export of the HAM10000 collection."""
 import csv
+import shutil
 import sys
 from collections import Counter
 from itertools import cycle
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import PipelineError, read_csv, write_csv
+from pipeline.common import PipelineError, read_csv, sha256_file, write_csv
 from pipeline.isic_export import (
     CC_BY_NC,
     CONTRIBUTION_COLUMNS,
@@ -381,15 +382,21 @@ def test_a_release_writes_both_isic_files_per_split_under_each_rows_class(ham_da
     hierarchy = refined_hierarchy(rows)
     write_csv(tmp_path / "metadata.csv", rows, ("lesion_id", "image_id", "dx", "dx_type", "age", "sex",
                                                  "localization", "dataset"))
+    standardised = tmp_path / "std"  # a copy: the release links its images, never the shared data's files
+    standardised.mkdir()
+    for r in rows:
+        name = f"{r['image_id']}.jpg"
+        shutil.copyfile(ham_data / "ham10000" / "images" / name, standardised / name)
     write_csv(tmp_path / "images.csv", ({"image_id": r["image_id"], "file": f"{r['image_id']}.jpg",
+                                         "sha256": sha256_file(standardised / f"{r['image_id']}.jpg"),
                                          "isic_diagnosis": hierarchy[r["image_id"]]} for r in rows),
-              ("image_id", "file", "isic_diagnosis"))
+              ("image_id", "file", "sha256", "isic_diagnosis"))
     write_csv(tmp_path / "splits.csv", ({"lesion_id": lesion, "split": ("train", "test")[n % 2]}
                                         for n, lesion in enumerate(dict.fromkeys(r["lesion_id"] for r in rows))),
               ("lesion_id", "split"))
     params = {"isic_attribution": VIDIR_ATTRIBUTION, "isic_license": CC_BY_NC, "attribution": "a", "license": "b"}
     build_release(tmp_path / "metadata.csv", tmp_path / "images.csv", tmp_path / "splits.csv",
-                  ham_data / "ham10000" / "images", params, tmp_path / "release", tmp_path / "summary.json")
+                  standardised, params, tmp_path / "release", tmp_path / "summary.json")
     listed = {m["path"] for m in read_csv(tmp_path / "release" / "manifest.csv")}
     assert {f"{split}/{name}" for split in ("train", "test") for name in (CONTRIBUTION_CSV, ISIC_CLI_CSV)} <= listed
     counts = check_isic_outputs(tmp_path / "release")
