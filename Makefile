@@ -8,9 +8,15 @@ export PATH := $(BIN):$(PATH)
 
 # torch: on a machine without an NVIDIA GPU, install the CPU build (2.13.0 lies on this kind of machine's disk)
 # before the project, whose range it satisfies; with a GPU, pip resolves the CUDA build from the range.
+# The demo needs only the project; the tests add the `test` extra (the S3 server, the browser driver, the ISIC
+# validator), installed by `make test` on top, so `make demo` on a fresh machine does not wait for them.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet "torch==2.13.0"; fi
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
@@ -29,7 +35,7 @@ repro: $(VENV)/.installed
 	$(BIN)/python -m pipeline.integrity repair  # a dvc killed mid-run can leave its lock record half-written
 	dvc repro
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 validate: $(VENV)/.installed
