@@ -43,7 +43,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.integrity import repair_dvc_locks, verify_manifest  # noqa: E402
+from pipeline.integrity import repair_dvc_locks  # noqa: E402
+from pipeline.verify import verify  # noqa: E402
 from tests.pipeline_repo import copy_repository, run  # noqa: E402
 
 STAGES = ("ingest", "train_filter", "filter", "standardise", "metadata", "split", "release")
@@ -191,7 +192,8 @@ def main() -> int:
         status = run(["dvc", "status"], repo, check=False)
         got = fingerprint(repo) if recovery["code"] == 0 else {}
         differing = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
-        problems = verify_manifest(repo / "release") if recovery["code"] == 0 else ["recovery failed"]
+        problems = ([str(p) for p in verify(repo / "release").problems] if recovery["code"] == 0
+                    else ["recovery failed"])
         outcome = {
             "trial": trial, "target": f"{stage}:{phase}", "delay_s": round(delay, 3),
             "killed": bool(attempt["killed"]), "killed_at_s": attempt["killed"].get("at"),

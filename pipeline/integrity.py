@@ -6,9 +6,8 @@
   standardised index's sha256 as it is written; a mismatch removes the copy and raises `CorruptFile` naming the
   file, so a corrupt image never stays in `release/`. `make_readable(folder)`: every file 0644 and folder 0755
   whatever the umask (release files are for everyone).
-- `verify_manifest(release_dir)`: every file a release's manifest lists, re-hashed (after `dvc pull` or
-  `dvc checkout`, which trust their cache): the list of problems, empty when the release is intact
-  (`python -m pipeline.integrity verify [release]`, exit 1 on any problem).
+- A pulled or checked-out release (DVC trusts its cache) is checked against its manifest by `ham verify`
+  (`pipeline/verify.py`).
 - `HashStore(folder)`: the sha256 of every file a persistent store (the standardised images) made, kept in the
   folder itself (`SHA256SUMS`, so it persists with it while the stage's other outputs are removed before a
   run): a file is reused only while it still hashes to what was recorded when it was written.
@@ -23,7 +22,6 @@
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -72,31 +70,6 @@ def make_readable(folder: Path) -> None:
     os.chmod(folder, 0o755)
     for path in folder.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else RELEASE_MODE)
-
-
-def verify_manifest(release_dir: Path) -> list[str]:
-    """Problems of a release folder against its manifest.csv: a listed file missing, of another size or hash, a
-    file not listed. Empty when every file is as the manifest says."""
-    release_dir = Path(release_dir)
-    manifest = release_dir / "manifest.csv"
-    if not manifest.is_file():
-        return [f"{manifest}: not found"]
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    problems, listed = [], {"manifest.csv"}
-    for number, row in enumerate(rows, start=2):
-        path = release_dir / row.get("path", "")
-        listed.add(row.get("path", ""))
-        if not path.is_file():
-            problems.append(f"{path}: missing (manifest.csv row {number})")
-        elif str(path.stat().st_size) != row.get("bytes"):
-            problems.append(f"{path}: {path.stat().st_size} bytes, manifest.csv row {number} says {row.get('bytes')}")
-        elif not matches(path, row.get("sha256", "")):
-            problems.append(f"{path}: sha256 differs from manifest.csv row {number} (corrupt file)")
-    for path in sorted(p for p in release_dir.rglob("*") if p.is_file()):
-        if path.relative_to(release_dir).as_posix() not in listed:
-            problems.append(f"{path}: not listed in manifest.csv")
-    return problems
 
 
 def check_cover_geometry(name: str, width: int, height: int, target_width: int, target_height: int) -> None:
@@ -197,21 +170,14 @@ def repair_dvc_locks(repo: Path = Path(".")) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """`repair [REPO]`: repair_dvc_locks; `verify [RELEASE]`: verify_manifest, one line per problem, exit 1."""
-    if len(argv) < 1 or argv[0] not in ("repair", "verify"):
-        print("usage: python -m pipeline.integrity repair [REPO] | verify [RELEASE_DIR]", file=sys.stderr)
+    """`repair [REPO]`: repair_dvc_locks. (A release's content against its manifest: `ham verify`.)"""
+    if len(argv) < 1 or argv[0] != "repair":
+        print("usage: python -m pipeline.integrity repair [REPO]   (to check a release: ham verify [RELEASE])",
+              file=sys.stderr)
         return 2
-    if argv[0] == "repair":
-        for line in repair_dvc_locks(Path(argv[1]) if len(argv) > 1 else Path(".")):
-            print(line, file=sys.stderr)
-        return 0
-    release = Path(argv[1]) if len(argv) > 1 else Path("release")
-    problems = verify_manifest(release)
-    for line in problems:
-        print(line)
-    if not problems:
-        print(f"{release}: every file matches manifest.csv")
-    return 1 if problems else 0
+    for line in repair_dvc_locks(Path(argv[1]) if len(argv) > 1 else Path(".")):
+        print(line, file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
