@@ -57,7 +57,7 @@ def close_to(colour, expected, tolerance=12) -> bool:
 
 # ------------------------------------------------------------------------------------------------- the format
 
-def test_output_format(clinical_images):
+def test_output_format(clinical_images, ham_data):  # a real DermNet photo's metadata blocks: needs the data
     # A DermNet photo: 640x480, with dpi, ICC profile, XMP and Photoshop blocks; add EXIF too.
     source = open_rgb(clinical_images[0])
     exif = Image.Exif()
@@ -230,7 +230,7 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if error == 0 else 10 * np.log10(255 ** 2 / error)
 
 
-def test_large_jpegs_close_to_mogrify(tmp_path, real_images):
+def test_large_jpegs_close_to_mogrify(tmp_path, real_images, ham_data):  # PSNR floor set on real photographs
     """The fast path (JPEG draft decoding, reduce, Lanczos over the crop box) against the authors' command on
     large JPEGs, the inputs it speeds up: same geometry, every image above the PSNR floor."""
     mogrify = _real_imagemagick()
