@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.common import load_params, sha256_bytes  # noqa: E402
-from pipeline.filter_model import load_model, pick_device  # noqa: E402
+from pipeline.filter_model import (draft_side, frame_pixels, load_model, open_rgb,  # noqa: E402
+                                   predict_batch)
 from pipeline.train_filter import train_filter  # noqa: E402
 
 HELD_OUT_CONDITIONS = 4
@@ -86,23 +87,15 @@ def build_split(data: Path, root: Path) -> tuple[list[dict], list[dict]]:
 
 
 def probabilities(model, meta, images: list[Image.Image]) -> np.ndarray:
-    size = meta["image_size"]
-    batch = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
-                      .transpose(2, 0, 1) for im in images])
-    with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(batch)).float(), 1).numpy()
-
-
-def open_draft(path: Path, size: int) -> Image.Image:
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))
-        return image.convert("RGB")
+    """What `ham filter` computes for each frame (same squeeze, same network call)."""
+    batch = np.stack([frame_pixels(image, meta["image_size"]) for image in images])
+    return predict_batch(model, torch.from_numpy(batch), torch.device("cpu"))
 
 
 def evaluate(model_path: Path, held: list[dict], params: dict) -> dict:
     model, meta = load_model(model_path, torch.device("cpu"))
     size = meta["image_size"]
-    frames = [open_draft(item["path"], size) for item in held]
+    frames = [open_rgb(item["path"], draft_side(size)) for item in held]  # decoded as `ham filter` decodes
     full = probabilities(model, meta, frames)
     types = meta["types"]
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .annotations import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401  (re-exported for older imports)
 from .common import PipelineError, atomic_write_bytes
@@ -43,6 +44,12 @@ class BasicBlock(nn.Module):
         out = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+    def fold_batchnorm(self) -> None:
+        self.conv1, self.bn1 = fuse_conv_bn_eval(self.conv1, self.bn1), nn.Identity()
+        self.conv2, self.bn2 = fuse_conv_bn_eval(self.conv2, self.bn2), nn.Identity()
+        if isinstance(self.shortcut, nn.Sequential):
+            self.shortcut = fuse_conv_bn_eval(self.shortcut[0], self.shortcut[1])
+
 
 class ImageTypeNet(nn.Module):
     """ResNet-style: a strided stem, four stages of `blocks` basic blocks (widths w, 2w, 4w, 8w; each later stage
@@ -60,10 +67,21 @@ class ImageTypeNet(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(cin, len(IMAGE_TYPES)))
+        # NHWC: the CPU's convolutions run about a quarter faster in training, a tenth in inference, than NCHW
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        x = (batch.float() - 127.5) / 64.0
+        x = ((batch.float() - 127.5) / 64.0).contiguous(memory_format=torch.channels_last)
         return self.head(self.stages(self.stem(x)))
+
+    def fold_batchnorm(self) -> "ImageTypeNet":
+        """For inference only: each batch norm folded into the convolution before it (eval mode: a fixed affine
+        map), which saves its pass over the activations, a fifth of the network's time on the CPU."""
+        self.eval()
+        self.stem = nn.Sequential(fuse_conv_bn_eval(self.stem[0], self.stem[1]), self.stem[2])
+        for block in self.stages:
+            block.fold_batchnorm()
+        return self
 
 
 def open_rgb(path: Path, draft_size: int) -> Image.Image:
@@ -73,9 +91,20 @@ def open_rgb(path: Path, draft_size: int) -> Image.Image:
         return to_rgb(image)
 
 
+def draft_side(size: int) -> int:
+    """The short side a JPEG is decoded at for a `size` input: 7/8 of it, so a 4:3 frame is decoded at the DCT
+    scale just above the input (600x450 at 1/4 for 128 px, at 1/8 for 64 px) instead of the next larger one, which
+    costs two to three times the decoding for detail the squeeze to `size` throws away."""
+    return max(1, size * 7 // 8)
+
+
 def load_pixels(path: Path, size: int) -> np.ndarray:
     """An image as a (3, size, size) uint8 array: the whole frame squeezed, so borders stay visible."""
-    small = open_rgb(path, size).resize((size, size), Image.BILINEAR)
+    return frame_pixels(open_rgb(path, draft_side(size)), size)
+
+
+def frame_pixels(image: Image.Image, size: int) -> np.ndarray:
+    small = image.resize((size, size), Image.BILINEAR)
     return np.ascontiguousarray(np.asarray(small, dtype=np.uint8).transpose(2, 0, 1))
 
 
@@ -191,18 +220,23 @@ def model_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_model(path: Path, device: torch.device) -> tuple[ImageTypeNet, dict]:
+def load_model(path: Path, device: torch.device, fold: bool = True) -> tuple[ImageTypeNet, dict]:
+    """The network in eval mode; `fold` (for inference) folds its batch norms, and such a model is not saved."""
     if not Path(path).exists():
         raise PipelineError(f"{path}: model not found; run `ham train-filter` (or `dvc repro`) first")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     meta = checkpoint["meta"]
     model = ImageTypeNet(meta["width"], meta.get("blocks", 1))
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), meta
+    return (model.fold_batchnorm() if fold else model.eval()).to(device), meta
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_batch(model: ImageTypeNet, batch: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Softmax probabilities (float32, shape (N, 3)) of a uint8 batch; float32 on every device."""
-    logits = model(batch.to(device, non_blocking=True))
+    """Softmax probabilities (float32, shape (N, 3)) of a uint8 batch; float32 on every device. On the CPU the
+    batch goes through in slices of 32, whose activations stay in the cache (about a quarter faster than 256 at
+    once); a GPU takes it whole."""
+    batch = batch.to(device, non_blocking=True)
+    step = len(batch) if device.type == "cuda" else 32
+    logits = torch.cat([model(batch[i:i + step]) for i in range(0, len(batch), step)]) if len(batch) else model(batch)
     return torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -278,7 +278,7 @@ def test_prediction_cache_scores_a_new_batch_alone(workspace, tmp_path):
     assert (tmp_path / "r2.csv").read_bytes() == (tmp_path / "r3.csv").read_bytes()
     # Another model is another cache key: everything is scored again.
     other = tmp_path / "other.pt"
-    model, meta = load_model(workspace["model"], torch.device("cpu"))
+    model, meta = load_model(workspace["model"], torch.device("cpu"), fold=False)
     with torch.no_grad():
         model.head[-1].bias.add_(0.5)
     save_model(model, other, meta)
