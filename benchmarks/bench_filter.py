@@ -155,8 +155,14 @@ print(json.dumps({"images": counts["scored"], "seconds": round(elapsed, 2),
 """
 
 
-def speed(model_path: Path, data: Path, params: dict, count: int, root: Path) -> dict:
-    paths = sorted((data / "ham10000/images").glob("*.jpg")) + sorted((data / "clinical/dermnet").glob("*.jpg"))
+def real_images(data: Path) -> list[Path]:
+    return sorted((data / "ham10000/images").glob("*.jpg")) + sorted((data / "clinical/dermnet").glob("*.jpg"))
+
+
+def speed(model_path: Path, paths: list[Path], params: dict, count: int, root: Path, env: dict | None = None) -> dict:
+    """`filter.score` over `count` candidates (the files `paths` listed in turn under distinct IDs, cache empty), in
+    a fresh process: images/s of the scoring alone (start-up and model loading left out), peak RSS of the scoring
+    process and of its largest decoding worker."""
     listing = root / "speed_candidates.csv"
     with open(listing, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -166,7 +172,7 @@ def speed(model_path: Path, data: Path, params: dict, count: int, root: Path) ->
     cache = root / f"speed_cache_{time.time_ns()}"
     output = subprocess.run([sys.executable, "-c", SPEED_CHILD, json.dumps(params), str(listing), str(model_path),
                              str(cache)], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     if output.returncode:
         raise SystemExit(output.stderr)
     return {**json.loads(output.stdout.strip().splitlines()[-1]), "cpu_count": os.cpu_count()}
@@ -201,7 +207,8 @@ def main() -> None:
               "training_seconds_cpu": round(seconds, 1), "torch_threads_training": 1,
               **evaluate(model_path, held, params)}
     if not args.skip_speed:
-        report["inference"] = speed(model_path, args.data, {**params, "device": "cpu"}, args.candidates, args.out)
+        report["inference"] = speed(model_path, real_images(args.data), {**params, "device": "cpu"}, args.candidates,
+                                    args.out)
     report["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     (args.out / "bench_filter.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

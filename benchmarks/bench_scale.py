@@ -3,23 +3,27 @@
 Builds the scale fixture (`benchmarks/fixture.py`: the real metadata of 10015 + 1512 images paired with distinct
 derived images, as raw sources of every kind) into a copy of this repository in a temporary folder, adds it the
 way a maintainer does (`dvc add` per source, params entries, `dvc.yaml` deps), and measures, through the `ham`
-and `dvc` command lines only (so the figures follow the code as it changes):
+and `dvc` command lines (the standardise and filter speeds are timed inside their process, so start-up does not
+blur them):
 
   full_build_s, full_build_peak_rss_mb  `dvc repro` from nothing; per-stage wall time and peak memory
   noop_repro_s                           `dvc repro` again, nothing changed
   incremental_fraction                   `dvc repro` after a new folder of 1 % more images, / the full build
   dvc_plain_incremental_fraction         the same 1 % through a plain DVC stage that standardises a whole folder
                                          (benchmarks/plain_standardise.py), / its own full run
-  standardise_speedup_vs_mogrify         the authors' mogrify on the same object files / `ham standardise`
-  filter_cpu_images_per_s                `ham filter` over unannotated candidates on the CPU (start-up and model
-  filter_gpu_images_per_s                loading taken out by a 16-image run); on CUDA where a GPU is present
+  standardise_speedup_vs_mogrify         the authors' mogrify / the standardise recipe, on the same files (the
+                                         largest kept objects: the multi-megapixel routes)
+  filter_cpu_images_per_s                filter inference over the fixture's candidates, timed in the scoring
+  filter_gpu_images_per_s                process; on CUDA where a GPU is present
   diff_10k_s                             `ham diff` of the releases before and after the increment (when the
                                          command exists)
   pull_vs_cp_ratio                       `dvc pull release` from the local remote in a fresh clone / `cp -r`
   peak_rss_1k_mb, peak_rss_10k_mb        peak memory of a full build at the 1k and 10k fixtures, and the ratio
 
-Memory is the sum of the resident set sizes of the whole process tree (dvc, the shell, the `ham` stage command),
-polled every 0.1 s with psutil; shared pages count once per process, so it slightly overstates. Stage times are
+Memory is the sum of the proportional set sizes (PSS) of the whole process tree (dvc, the shell, the `ham` stage
+command and its worker processes), polled every 0.1 s with psutil: a page shared by several processes (the torch
+and numpy pages a forked DataLoader worker shares with its parent) counts once in all, where a sum of resident set
+sizes would count it once per process. Stage times are
 taken from `dvc repro`'s "Running stage" lines (so they include DVC's hashing and caching of the stage's outputs),
 and the `ham` command's own lifetime is recorded beside them.
 
@@ -84,6 +88,16 @@ def timed(command: list[str], cwd: Path, env: dict | None = None, check: bool = 
     return time.perf_counter() - start, result
 
 
+def _memory(process: psutil.Process) -> int:
+    """A process's proportional set size (PSS: each shared page split between the processes that map it, so the
+    forked DataLoader and pool workers that share the parent's torch and numpy pages do not count them again);
+    its RSS where PSS cannot be read."""
+    try:
+        return process.memory_full_info().pss
+    except (psutil.AccessDenied, AttributeError):
+        return process.memory_info().rss
+
+
 class Run:
     """One command measured: wall time, peak RSS of its process tree, per-stage times and peaks."""
 
@@ -127,7 +141,7 @@ class Run:
             now = time.perf_counter() - start
             for process in tree:
                 try:
-                    rss = process.memory_info().rss
+                    rss = _memory(process)
                     if names.get(process.pid) is None:  # again while unnamed: `sh -c` execs the command
                         names[process.pid] = ham_command(process.cmdline())
                 except psutil.Error:
@@ -237,53 +251,53 @@ def add_increment(fixture, repo: Path) -> float:
     return add_s
 
 
-def has_option(command: list[str], option: str, cwd: Path) -> bool:
-    result = sh([*command, "--help"], cwd, check=False)
-    return result.returncode == 0 and option in result.stdout
-
-
 def bench_filter(repo: Path, work: Path, count: int) -> dict:
-    """`ham filter` throughput over unannotated candidates: CPU always, CUDA where torch sees a GPU."""
+    """Filter inference over the fixture's candidates (every route's sizes: 600x450 exports to 4.3-megapixel
+    series), timed inside the scoring process as `benchmarks.bench_filter` does: the CPU always, CUDA where torch
+    sees a GPU."""
+    from benchmarks.bench_filter import speed
+
     folder = work / "filter"
     folder.mkdir()
-    candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
-    columns = list(candidates[0])
-    step = max(1, len(candidates) // count)
-    chosen = candidates[::step][:count]
-    write_rows(folder / "small.csv", chosen[:16], columns)
-    write_rows(folder / "all.csv", chosen, columns)
-    (folder / "none.csv").write_text("IMAGE,ANNOTATION,TIMESTAMP\n")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["filter"]["annotations"] = str(folder / "none.csv")
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    device_option = has_option(["ham", "filter"], "--device", repo)
-    figures = {}
+    objects = repo / "data/interim/ingest/objects"
+    paths = [objects / row["object"] for row in read_rows(repo / "data/interim/ingest/candidates.csv")]
+    params = yaml.safe_load((repo / "params.yaml").read_text())["filter"]
     gpu = sh([str(BIN / "python"), "-c", "import torch; print(torch.cuda.get_device_name(0) "
               "if torch.cuda.is_available() else '')"], repo, check=False).stdout.strip()
+    figures = {}
     for device in ["cpu", *(["cuda"] if gpu else [])]:
         env = {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
-        extra = ["--device", device] if device_option else []
-        times = {}
-        for name in ("small", "all"):
-            command = ["ham", "filter", "--params", str(folder / "params.yaml"), "--candidates",
-                       str(folder / f"{name}.csv"), "--objects", "data/interim/ingest/objects", "--model",
-                       "models/filter.pt", "--out", str(folder / f"out-{device}-{name}"), *extra]
-            times[name], _ = timed(command, repo, env)
-        rate = (len(chosen) - 16) / max(1e-9, times["all"] - times["small"])
+        result = speed(repo / "models/filter.pt", paths, {**params, "device": device}, count, folder, env)
         label = "CPU" if device == "cpu" else f"GPU ({gpu})"
-        note = (f"{len(chosen)} unannotated candidates in {times['all']:.1f} s, minus a 16-image run "
-                f"({times['small']:.1f} s: start-up, model loading) on the {label}"
-                + ("" if device_option else "; `ham filter` has no --device option yet: "
-                   + ("CUDA hidden" if device == "cpu" else "it picks CUDA itself")))
+        note = (f"{result['images']} candidates (the fixture's {len(paths)} objects in turn) in "
+                f"{result['seconds']} s on the {label}, workers {result['workers']}, inference batch "
+                f"{params.get('inference_batch_size')}; peak RSS {result['peak_rss_mb']} MB (largest decoding "
+                f"worker {result['peak_rss_worker_mb']} MB)")
         key = "filter_cpu_images_per_s" if device == "cpu" else "filter_gpu_images_per_s"
-        figures[key] = figure(round(rate, 1), "images/s", " ".join(command), note=note,
-                              **({"device": gpu} if device == "cuda" else {}))
+        figures[key] = figure(result["images_per_s"], "images/s",
+                              "benchmarks.bench_filter.speed: pipeline.filter.score, timed in its process",
+                              note=note, **({"device": gpu} if device == "cuda" else {}))
     return figures
 
 
+STANDARDISE_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from pipeline.standardise import standardise
+args = json.loads(sys.argv[1])
+start = time.perf_counter()
+standardise(Path(args["candidates"]), Path(args["decisions"]), Path(args["objects"]), args["params"],
+            Path(args["out"]), Path(args["index"]))
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
 def bench_standardise(repo: Path, work: Path, count: int) -> dict:
-    """`ham standardise` against the authors' mogrify on the same object files."""
-    command_text = f"mogrify -path OUT {' '.join(MOGRIFY)} FILES  vs  ham standardise (same {count} images)"
+    """The standardise recipe (`pipeline.standardise.standardise`, every core, timed in its process) against the
+    authors' mogrify (one invocation, as they ran it) on the same files: the `count` largest kept objects of the
+    fixture (the multi-megapixel series and slide scans first)."""
+    command_text = (f"mogrify -path OUT {' '.join(MOGRIFY)} FILES  vs  pipeline.standardise.standardise "
+                    f"(same {count} images)")
     mogrify = shutil.which("mogrify")
     if not mogrify:
         return {"standardise_speedup_vs_mogrify": missing(
@@ -292,28 +306,28 @@ def bench_standardise(repo: Path, work: Path, count: int) -> dict:
     folder = work / "standardise"
     (folder / "mogrify").mkdir(parents=True)
     candidates = {r["candidate_id"]: r for r in read_rows(repo / "data/interim/ingest/candidates.csv")}
-    decisions = [d for d in read_rows(repo / "data/interim/filter/decisions.csv") if d["keep"] == "true"]
-    step = max(1, len(decisions) // count)
-    chosen = decisions[::step][:count]
+    kept = [d for d in read_rows(repo / "data/interim/filter/decisions.csv") if d["keep"] == "true"]
+    kept.sort(key=lambda d: (-int(candidates[d["candidate_id"]]["width"]) * int(candidates[d["candidate_id"]]["height"]),
+                             d["candidate_id"]))
+    chosen = kept[:count]
     write_rows(folder / "candidates.csv", [candidates[d["candidate_id"]] for d in chosen],
                list(next(iter(candidates.values()))))
     write_rows(folder / "decisions.csv", chosen, list(chosen[0]))
-    command = ["ham", "standardise", "--params", "params.yaml", "--candidates", str(folder / "candidates.csv"),
-               "--decisions", str(folder / "decisions.csv"), "--objects", "data/interim/ingest/objects", "--out",
-               str(folder / "ham")]
-    ham_s, _ = timed(command, repo)
-    files = [str(repo / "data/interim/ingest/objects" / candidates[d["candidate_id"]]["object"]) for d in chosen]
+    objects = repo / "data/interim/ingest/objects"
+    params = yaml.safe_load((repo / "params.yaml").read_text())["standardise"]
+    job = {"candidates": str(folder / "candidates.csv"), "decisions": str(folder / "decisions.csv"),
+           "objects": str(objects), "params": params, "out": str(folder / "ham"), "index": str(folder / "index.csv")}
+    result = sh([str(BIN / "python"), "-c", STANDARDISE_CHILD, json.dumps(job)], REPO,
+                env={"PYTHONPATH": str(REPO)})
+    ham_s = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+    files = [str(objects / candidates[d["candidate_id"]]["object"]) for d in chosen]
     mogrify_s, _ = timed([mogrify, "-path", str(folder / "mogrify"), *MOGRIFY, *files], repo)
-    megapixels = 0.0
-    from PIL import Image
-
-    for path in files:
-        with Image.open(path) as image:
-            megapixels += image.width * image.height / 1e6
-    note = (f"{len(chosen)} kept images ({megapixels / len(chosen):.2f} megapixels on average): mogrify "
-            f"{mogrify_s:.1f} s, ham standardise {ham_s:.1f} s (its start-up included)")
-    return {"standardise_speedup_vs_mogrify": figure(round(mogrify_s / ham_s, 2), "x", " ".join(command),
-                                                      note=note)}
+    megapixels = sum(int(candidates[d["candidate_id"]]["width"]) * int(candidates[d["candidate_id"]]["height"])
+                     for d in chosen) / 1e6
+    note = (f"the {len(chosen)} largest kept images ({megapixels / len(chosen):.2f} megapixels on average): "
+            f"mogrify {mogrify_s:.1f} s, standardise {ham_s:.1f} s on {os.cpu_count()} cores (near-duplicate "
+            f"hashing, which `ham standardise` adds, not included)")
+    return {"standardise_speedup_vs_mogrify": figure(round(mogrify_s / ham_s, 2), "x", command_text, note=note)}
 
 
 def bench_pull(repo: Path, work: Path) -> dict:
@@ -411,7 +425,7 @@ def scale_figures(fixture, work: Path, quick: bool, save) -> None:
                                  note=f"{scale}; slowest stages: {stage_summary(stages)}"),
           "full_build_peak_rss_mb": figure(
               full.peak_mb, "MB", "dvc repro (from nothing)", scale=scale,
-              note=f"sum of RSS over the process tree, polled every 0.1 s; largest stage peaks: "
+              note=f"sum of PSS over the process tree, polled every 0.1 s; largest stage peaks: "
                    f"{stage_summary(stages, 'peak_rss_mb')}"),
           f"peak_rss_{fixture.scale}_mb": figure(full.peak_mb, "MB", "dvc repro (from nothing)", scale=scale,
                                                  note=f"largest stage peaks: "
@@ -438,7 +452,7 @@ def scale_figures(fixture, work: Path, quick: bool, save) -> None:
     shutil.rmtree(before, ignore_errors=True)
 
     save(bench_standardise(repo, work, 120 if quick else 400))
-    save(bench_filter(repo, work, 400 if quick else 3000))
+    save(bench_filter(repo, work, 1000 if quick else 5000))
     save(bench_pull(repo, work))
     shutil.rmtree(repo, ignore_errors=True)
 
