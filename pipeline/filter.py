@@ -30,8 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from .annotations import IMAGE_TYPES, read_annotations_if_any
 from .common import PipelineError, read_csv, stable_hash, write_csv
 from .codedeps import code_version
+from .executors import LOCAL, Compute
 from .filter_model import (exact_float32, load_model, load_pixels, model_hash, pick_device,
                            predict_batch)
+from .stores import LocalStore, open_store, open_url
 
 DECISION_COLUMNS = ("candidate_id", "image_type", "confidence", "p_dsc", "p_macro", "p_clinic", "decided_by",
                     "keep", "review")
@@ -41,14 +43,20 @@ CACHE_COLUMNS = ("candidate_id", *(f"p_{t}" for t in IMAGE_TYPES))
 
 
 class CandidateImages(Dataset):
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    """Images by local path, or by URL (str) in a remote object store (`stores`, with its s3fs `options`)."""
+
+    def __init__(self, paths: list, size: int, options: dict | None = None):
+        self.paths, self.size, self.options = paths, size, options or {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return torch.from_numpy(load_pixels(self.paths[index], self.size)), index
+        path = self.paths[index]
+        if isinstance(path, str):
+            with open_url(path, self.options) as handle:
+                return torch.from_numpy(load_pixels(handle, self.size)), index
+        return torch.from_numpy(load_pixels(path, self.size)), index
 
 
 def _read_cache(path: Path) -> dict[str, tuple[float, ...]]:
@@ -67,8 +75,9 @@ def _read_cache(path: Path) -> dict[str, tuple[float, ...]]:
 
 
 def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: dict, cache_dir: Path,
-          counts: dict | None = None) -> dict[str, tuple[float, ...]]:
-    """candidate_id -> the model's probabilities (float32 values, IMAGE_TYPES order), from the cache where known."""
+          counts: dict | None = None, compute: Compute | None = None) -> dict[str, tuple[float, ...]]:
+    """candidate_id -> the model's probabilities (float32 values, IMAGE_TYPES order), from the cache where known.
+    `compute.objects_store` (params `compute`): the objects are read from that S3 store instead of `objects_dir`."""
     device = pick_device(params.get("device", "auto"))
     # The model's bytes and the code that decodes and scores an image (filter_model's import closure).
     key = stable_hash([model_hash(model_path), code_version("pipeline.filter_model")])[:24]
@@ -87,11 +96,17 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
     threads = torch.get_num_threads()
     if device.type == "cpu":  # leave the cores the decoding workers use
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    paths = [Path(objects_dir) / row["object"] for row in todo]
-    missing = [p for p in paths if not p.exists()]
+    store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
+    if isinstance(store, LocalStore):
+        paths = [Path(objects_dir) / row["object"] for row in todo]
+        missing = [p for p in paths if not p.exists()]
+    else:
+        present = store.names()
+        paths = [store.url(row["object"]) for row in todo]
+        missing = [store.url(row["object"]) for row in todo if row["object"] not in present]
     if missing:
-        raise PipelineError(f"{missing[0]}: object missing from {objects_dir} ({len(missing)} missing)")
-    loader = DataLoader(CandidateImages(paths, meta["image_size"]),
+        raise PipelineError(f"{missing[0]}: object missing from {store.location} ({len(missing)} missing)")
+    loader = DataLoader(CandidateImages(paths, meta["image_size"], (compute or LOCAL).options),
                         batch_size=int(params.get("inference_batch_size", 256)),
                         num_workers=workers, pin_memory=device.type == "cuda")
     cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +142,7 @@ def _fmt(value: float) -> str:
 
 def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None, model_path: Path, params: dict,
            decisions_csv: Path, review_csv: Path, cache_dir: Path | None = None,
-           counts: dict | None = None) -> list[dict]:
+           counts: dict | None = None, compute: Compute | None = None) -> list[dict]:
     candidates = read_csv(candidates_csv, ("candidate_id", "object", "source", "origin", "member"))
     labels = read_annotations_if_any(annotations_csv)
     trust = params.get("trust_source_types", True)
@@ -138,7 +153,8 @@ def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None
                                 f"not one of {', '.join(IMAGE_TYPES)}")
     to_score = [row for row in candidates if row["candidate_id"] not in labels]
     cache_dir = Path(cache_dir) if cache_dir else Path(decisions_csv).parent / "predictions"
-    predicted = score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts) if to_score else {}
+    predicted = (score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts, compute)
+                 if to_score else {})
 
     decisions, review = {}, []
     for row in candidates:

@@ -38,8 +38,10 @@ from . import sources
 from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, stable_hash, write_csv
 from .imaging import to_rgb
+from .executors import LOCAL, Compute
 from .integrity import matches
 from .sources import ITEM_FIELDS, Reject, Unit
+from .stores import LocalStore, open_store
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
                      *ITEM_FIELDS, "extra")
@@ -159,9 +161,10 @@ def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
     return CheckedImage(buffer.getvalue(), ".png", upright.width, upright.height, fmt)
 
 
-def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
+def _load_object_index(objects_dir: Path, checked_with: str, store=None) -> dict[str, dict]:
     """The intact objects: made with this code and these limits, and whose bytes still hash to what was recorded
-    (a changed, truncated or replaced object is left out, so it is made again from its source)."""
+    (a changed, truncated or replaced object is left out, so it is made again from its source). In a remote
+    `store` (S3) an object listed there is taken as whole: it was written by one PUT, never in parts."""
     path = objects_dir / OBJECT_INDEX
     if not path.exists():
         return {}
@@ -169,6 +172,10 @@ def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
         rows = read_csv(path, OBJECT_INDEX_COLUMNS)
     except (PipelineError, csv.Error, UnicodeDecodeError):
         return {}  # a damaged cache index is rebuilt, never trusted
+    if store is not None and not isinstance(store, LocalStore):
+        present = store.names()
+        return {row["candidate_id"]: row for row in rows
+                if row["checked_with"] == checked_with and row["object"] in present}
     return {row["candidate_id"]: row for row in rows
             if row["checked_with"] == checked_with and matches(objects_dir / row["object"], row["sha256"])}
 
@@ -231,15 +238,18 @@ def _label_conflict(rows: list[dict]) -> str | None:
     return f"conflicting labels: {said}; every row of this image is excluded"
 
 
-def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int | Limits) -> IngestResult:
+def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int | Limits,
+           compute: Compute | None = None) -> IngestResult:
     """Read every source, vet every image, store objects by content hash and write the three tables.
-    `max_pixels`: the pixel limit alone, or all the per-image `Limits` (params `ingest`)."""
+    `max_pixels`: the pixel limit alone, or all the per-image `Limits` (params `ingest`). `compute.objects_store`
+    (params `compute`): an s3:// store for the objects; `objects/index.csv` stays in `out_dir` either way."""
     limits = max_pixels if isinstance(max_pixels, Limits) else Limits(max_pixels=max_pixels)
     out_dir = Path(out_dir)
     objects_dir = out_dir / "objects"
     objects_dir.mkdir(parents=True, exist_ok=True)
     checked_with = f"{code_version(__name__)}-{stable_hash(limits.__dict__)[:12]}"
-    cache = _load_object_index(objects_dir, checked_with)
+    store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
+    cache = _load_object_index(objects_dir, checked_with, store)
     reads = ReadCache(out_dir / READ_CACHE, checked_with)
 
     candidates: dict[str, dict] = {}
@@ -275,7 +285,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                 return reject(name, origin, member, str(error))
             counts["decoded"] += 1
             object_name = candidate_id + checked.extension
-            atomic_write_bytes(objects_dir / object_name, checked.stored)
+            store.write_bytes(object_name, checked.stored)
             info = {"candidate_id": candidate_id, "object": object_name, "sha256": sha256_bytes(checked.stored),
                     "width": checked.width,
                     "height": checked.height, "format": checked.format, "checked_with": checked_with}
@@ -358,9 +368,9 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
 
     # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
     keep = {row["object"] for row in candidates.values()}
-    for path in objects_dir.iterdir():
-        if path.name != OBJECT_INDEX and path.name not in keep:
-            path.unlink()
+    for name in store.names():
+        if name != OBJECT_INDEX and name not in keep:
+            store.remove(name)
     write_csv(objects_dir / OBJECT_INDEX, sorted((cache[c] for c in candidates), key=lambda r: r["candidate_id"]),
               OBJECT_INDEX_COLUMNS)
     ordered = sorted(candidates.values(), key=lambda row: (row["source"], row["origin"], row["member"]))
