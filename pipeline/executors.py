@@ -104,13 +104,14 @@ def run_map(fn: Callable[[T], R], items: Iterable[T], compute: Compute | None, l
     if compute.executor == "local" or not items:
         return list(pool_map(fn, items, workers, label))
     client, cluster = _dask_client(compute)
+    from dask.distributed import as_completed
+
     try:
         keys = [task_key(label, item) for item in items]
         futures = client.map(fn, items, key=keys, pure=True, retries=compute.retries)
-        # In input order: a result waits for the ones before it, and the stage sees the same list either way.
-        results = [future.result() for future in progress(futures, f"{label} (dask)", total=len(futures))]
-        del futures
-        return results
+        for _ in progress(as_completed(futures), f"{label} (dask)", total=len(futures)):
+            pass
+        return client.gather(futures)  # in the items' order, whatever order they finished in
     finally:
         client.close()
         if cluster is not None:

@@ -2,7 +2,7 @@
 
 A `LocalCluster` of 2 worker processes (started and closed by the test, in this process, so the test can watch
 its scheduler) and SeaweedFS's S3 gateway (`weed`, started on free ports
-of 127.0.0.1 and stopped after, as in tests/test_remotes.py). The demo's synthetic sample (the four routes) is built stage by stage with the
+of 127.0.0.1 and stopped after, as in tests/test_remotes.py). Two routes of the demo's synthetic sample are built stage by stage with the
 `ham` commands, as `dvc repro` runs them:
 - locally (params `compute` absent: a process pool, local folders);
 - on the cluster (`compute.executor: dask` at the cluster's address, ingest's objects and the standardised images
@@ -34,6 +34,9 @@ distributed = pytest.importorskip("distributed", reason="dask distributed not in
 pytest.importorskip("s3fs", reason="s3fs not installed (the `distributed` extra)")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Two of the sample's four routes keep the test quick: the database export (RGBA PNG, CMYK and EXIF-rotated JPEGs,
+# bad files) and the slide scans (TIFF and JPEG, cropped out of their mounts).
+ROUTES = ("vidir_modern", "vienna_dias")
 HAM = str(Path(sys.executable).parent / "ham")
 TABLES = ["data/interim/ingest/candidates.csv", "data/interim/ingest/rejects.csv",
           "data/interim/ingest/provenance.csv", "data/interim/ingest/objects/index.csv",
@@ -152,7 +155,8 @@ def workspace(folder: Path, sample_raw, model: Path, compute: dict | None) -> Pa
 
     root, _ = sample_raw
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["ingest"]["sources"] = [{**source, "path": str(root / source["path"])} for source in SOURCES]
+    params["ingest"]["sources"] = [{**source, "path": str(root / source["path"])} for source in SOURCES
+                                   if source["name"] in ROUTES]
     params["filter"].update(annotations=str(root / ANNOTATIONS), device="cpu", workers=1)
     params["standardise"]["workers"] = 2
     params.pop("compute", None)
@@ -223,7 +227,7 @@ def test_local_and_dask_with_s3_stores_give_the_same_bytes(builds, s3):
     assert objects and bucket_files(s3, "run1/objects") == objects
     assert sorted(p.name for p in (remote / "data/interim/ingest/objects").iterdir()) == ["index.csv"]
     images = local_files(local / "data/interim/standardised/images")
-    assert len(images) >= 20 and bucket_files(s3, "run1/standardised") == images
+    assert len(images) >= 10 and bucket_files(s3, "run1/standardised") == images
     released = assert_same_tree(local / "release", remote / "release")
     assert released > len(images) // 2  # every split's images, metadata, manifest and card
 
