@@ -21,6 +21,7 @@ its nanny starts a new worker; a task that raises is retried `retries` times (pa
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
 
@@ -86,6 +87,10 @@ def _dask_client(compute: Compute):
     return Client(cluster), cluster
 
 
+def _with_shared(fn, item, shared):
+    return fn(item, shared)
+
+
 def task_key(label: str, item) -> str:
     try:
         digest = stable_hash(item)
@@ -96,19 +101,29 @@ def task_key(label: str, item) -> str:
     return f"{label.replace(' ', '_')}-{digest[:32]}"
 
 
-def run_map(fn: Callable[[T], R], items: Iterable[T], compute: Compute | None, label: str,
-            workers: int | None = None) -> list[R]:
-    """`[fn(item) for item in items]`, run by the executor of `compute`; `workers` sizes the local pool."""
+def run_map(fn: Callable[..., R], items: Iterable[T], compute: Compute | None, label: str,
+            workers: int | None = None, shared=None) -> list[R]:
+    """`[fn(item) for item in items]` (`fn(item, shared)` where `shared` is given: e.g. a model's bytes, sent to
+    each worker once, not with every item), run by the executor of `compute`; `workers` sizes the local pool."""
     items = list(items)
     compute = compute or LOCAL
     if compute.executor == "local" or not items:
-        return list(pool_map(fn, items, workers, label))
+        return list(pool_map(fn if shared is None else partial(_with_shared, fn, shared=shared), items, workers,
+                             label))
     client, cluster = _dask_client(compute)
     from dask.distributed import as_completed
 
     try:
-        keys = [task_key(label, item) for item in items]
-        futures = client.map(fn, items, key=keys, pure=True, retries=compute.retries)
+        extra, prefix = {}, label
+        if shared is not None:  # the keys name what is shared too: another model, other tasks
+            [extra["shared"]] = client.scatter([shared], broadcast=True, hash=True)
+            prefix = f"{label}-{task_key('shared', shared).rsplit('-', 1)[1][:12]}"
+        keys = [task_key(prefix, item) for item in items]
+        if shared is None:
+            futures = client.map(fn, items, key=keys, pure=True, retries=compute.retries)
+        else:
+            futures = client.map(partial(_with_shared, fn), items, key=keys, pure=True, retries=compute.retries,
+                                 **extra)
         for _ in progress(as_completed(futures), f"{label} (dask)", total=len(futures)):
             pass
         return client.gather(futures)  # in the items' order, whatever order they finished in

@@ -20,6 +20,7 @@ appended batch by batch, so a new batch of candidates is scored alone and a kill
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from .annotations import IMAGE_TYPES, read_annotations_if_any
 from .common import PipelineError, read_csv, stable_hash, write_csv
 from .codedeps import code_version
-from .executors import LOCAL, Compute
-from .filter_model import (exact_float32, load_model, load_pixels, model_hash, pick_device,
+from .executors import LOCAL, Compute, run_map
+from .filter_model import (ImageTypeNet, exact_float32, load_model, load_pixels, model_hash, pick_device,
                            predict_batch)
 from .stores import LocalStore, open_store, open_url
 
@@ -74,6 +75,68 @@ def _read_cache(path: Path) -> dict[str, tuple[float, ...]]:
     return cached
 
 
+_MODELS: dict[str, tuple] = {}  # in a cluster's worker process: model key -> (model, device), loaded once
+
+
+def _score_batch(task: tuple, model_bytes: bytes) -> tuple[list[int], list[tuple[float, ...]]]:
+    """Cluster task: one batch's probabilities (a content-addressed object in the predictions store, where there
+    is one: a batch scored before, by a worker since lost or by a killed run, is read back, not scored again)."""
+    indices, ids, urls, size, device_name, key, location, options = task
+    store = open_store(f"{location}/{key}", options) if location else None
+    name = f"{stable_hash(ids)[:24]}.csv"
+    if store is not None and store.exists(name):
+        scored = _parse_cache(store.read_bytes(name).decode())
+        if all(candidate_id in scored for candidate_id in ids):
+            return indices, [scored[candidate_id] for candidate_id in ids]
+    if key not in _MODELS:
+        device = pick_device(device_name)
+        checkpoint = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
+        model = ImageTypeNet(checkpoint["meta"]["width"], checkpoint["meta"].get("blocks", 1))
+        model.load_state_dict(checkpoint["state_dict"])
+        exact_float32(device)
+        _MODELS[key] = (model.to(device).eval(), device)
+    model, device = _MODELS[key]
+    dataset = CandidateImages(urls, size, options)
+    batch = torch.stack([dataset[i][0] for i in range(len(urls))])
+    values = [tuple(float(v) for v in p) for p in predict_batch(model, batch, device)]
+    if store is not None:
+        store.write_bytes(name, ("".join(f"{c},{','.join(repr(v) for v in p)}\n" for c, p in zip(ids, values))
+                                 ).encode())
+    return indices, values
+
+
+def _score_on_cluster(todo: list[dict], paths: list, model_path: Path, key: str, size: int, batch_size: int,
+                      params: dict, compute: Compute):
+    """The same batches as the local DataLoader (sorted candidates, `inference_batch_size` each), one task each:
+    a batch, not an image, so a worker loads the model once and scores a batch in one pass."""
+    urls = [str(p) for p in paths]
+    tasks = [(list(range(start, min(start + batch_size, len(todo)))),
+              [row["candidate_id"] for row in todo[start:start + batch_size]], urls[start:start + batch_size], size,
+              params.get("device", "auto"), key, compute.predictions_store, compute.options)
+             for start in range(0, len(todo), batch_size)]
+    return run_map(_score_batch, tasks, compute, "filter", shared=Path(model_path).read_bytes())
+
+
+def _parse_cache(text: str) -> dict[str, tuple[float, ...]]:
+    scored = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) == 4:
+            try:
+                scored[fields[0]] = tuple(float(v) for v in fields[1:])
+            except ValueError:
+                pass
+    return scored
+
+
+def _read_remote_cache(compute: Compute, key: str) -> dict[str, tuple[float, ...]]:
+    store = open_store(f"{compute.predictions_store}/{key}", compute.options)
+    scored = {}
+    for name in sorted(store.names()):
+        scored.update(_parse_cache(store.read_bytes(name).decode()))
+    return scored
+
+
 def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: dict, cache_dir: Path,
           counts: dict | None = None, compute: Compute | None = None) -> dict[str, tuple[float, ...]]:
     """candidate_id -> the model's probabilities (float32 values, IMAGE_TYPES order), from the cache where known.
@@ -83,6 +146,8 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
     key = stable_hash([model_hash(model_path), code_version("pipeline.filter_model")])[:24]
     cache_path = Path(cache_dir) / f"{key}.csv"
     cached = _read_cache(cache_path)
+    if (compute or LOCAL).predictions_store:  # what the cluster's workers scored before (a killed run's batches)
+        cached = {**_read_remote_cache(compute, key), **cached}
     todo = sorted({row["candidate_id"]: row for row in candidates if row["candidate_id"] not in cached}.values(),
                   key=lambda row: row["candidate_id"])
     if counts is not None:
@@ -106,9 +171,14 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
         missing = [store.url(row["object"]) for row in todo if row["object"] not in present]
     if missing:
         raise PipelineError(f"{missing[0]}: object missing from {store.location} ({len(missing)} missing)")
-    loader = DataLoader(CandidateImages(paths, meta["image_size"], (compute or LOCAL).options),
-                        batch_size=int(params.get("inference_batch_size", 256)),
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    batch_size = int(params.get("inference_batch_size", 256))
+    if (compute or LOCAL).executor != "local":
+        batches = _score_on_cluster(todo, paths, Path(model_path), key, meta["image_size"], batch_size, params,
+                                    compute)
+    else:
+        loader = DataLoader(CandidateImages(paths, meta["image_size"], (compute or LOCAL).options),
+                            batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        batches = ((index.tolist(), predict_batch(model, batch, device)) for batch, index in loader)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not cache_path.exists() or cache_path.stat().st_size == 0
     done = 0
@@ -116,10 +186,9 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
         with open(cache_path, "a", encoding="utf-8") as handle:
             if new_file:
                 handle.write(",".join(CACHE_COLUMNS) + "\n")
-            for batch, index in loader:
-                probabilities = predict_batch(model, batch, device)
+            for index, probabilities in batches:
                 lines = []
-                for i, p in zip(index.tolist(), probabilities):
+                for i, p in zip(index, probabilities):
                     values = tuple(float(v) for v in p)  # float32 -> float: exact, and exact again through repr
                     cached[todo[i]["candidate_id"]] = values
                     lines.append(f"{todo[i]['candidate_id']},{','.join(repr(v) for v in values)}\n")

@@ -203,7 +203,8 @@ def assert_same_tree(a: Path, b: Path) -> int:
 def dask_compute(cluster, s3, prefix: str) -> dict:
     return {"executor": "dask", "address": cluster[0].scheduler_address,
             "objects_store": f"{s3['url']}/{prefix}/objects",
-            "standardised_store": f"{s3['url']}/{prefix}/standardised", "s3_endpoint": s3["endpoint"]}
+            "standardised_store": f"{s3['url']}/{prefix}/standardised",
+            "predictions_store": f"{s3['url']}/{prefix}/predictions", "s3_endpoint": s3["endpoint"]}
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +220,7 @@ def builds(tmp_path_factory, sample_raw, model, cluster, s3):
 def test_local_and_dask_with_s3_stores_give_the_same_bytes(builds, s3):
     local, remote = builds["local"], builds["dask"]
     assert "standardise (dask):" in builds["log"]["standardise"]  # the cluster ran the per-image work
+    assert "filter (dask):" in builds["log"]["filter"]  # and scored the unannotated images, batch by batch
     for table in TABLES:
         assert (local / table).read_bytes() == (remote / table).read_bytes(), table
     # The objects and the standardised images are in the bucket, not in the dask build's folders, and are the
@@ -228,6 +230,11 @@ def test_local_and_dask_with_s3_stores_give_the_same_bytes(builds, s3):
     assert sorted(p.name for p in (remote / "data/interim/ingest/objects").iterdir()) == ["index.csv"]
     images = local_files(local / "data/interim/standardised/images")
     assert len(images) >= 10 and bucket_files(s3, "run1/standardised") == images
+    # The scored batches are in the bucket too (one object per batch), and hold the local cache's predictions.
+    [model_key] = [p.stem for p in (local / "data/interim/filter/predictions").glob("*.csv")]
+    batches = bucket_files(s3, f"run1/predictions/{model_key}")
+    local_cache = (local / "data/interim/filter/predictions" / f"{model_key}.csv").read_text().splitlines()[1:]
+    assert batches and sorted(b"".join(batches.values()).decode().splitlines()) == sorted(local_cache)
     released = assert_same_tree(local / "release", remote / "release")
     assert released > len(images) // 2  # every split's images, metadata, manifest and card
 
