@@ -313,3 +313,29 @@ def test_compute_params_errors_are_one_line(tmp_path, sample_raw, model):
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = subprocess.run([HAM, "ingest", "--params", "params.yaml"], cwd=folder, capture_output=True, text=True)
     assert result.returncode == 1 and "compute.objects_store" in result.stderr and "s3://" in result.stderr
+
+
+def test_local_executor_needs_no_cluster_and_never_imports_dask(tmp_path):
+    code = ("import sys\n"
+            "from pipeline.executors import Compute, run_map\n"
+            "from pipeline.standardise import standardise\n"
+            "assert run_map(abs, [-3, 2, -1], Compute.of(None), 'abs', workers=2) == [3, 2, 1]\n"
+            "assert run_map(divmod, [7, 9], Compute.of({'executor': 'local'}), 'divmod', shared=4) == [(1, 3), (2, 1)]\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 's3fs')))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_dask_without_the_extra_is_one_clear_error(monkeypatch):
+    from pipeline.common import PipelineError
+    from pipeline.executors import Compute, run_map
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if the extra were not installed
+    with pytest.raises(PipelineError, match=r"compute.executor is dask.*`distributed` extra"):
+        run_map(abs, [1, 2], Compute.of({"executor": "dask"}), "abs")
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    from pipeline.stores import open_store
+
+    with pytest.raises(PipelineError, match=r"s3://no-such-bucket/x: .*needs s3fs.*`distributed` extra"):
+        open_store("s3://no-such-bucket/x")
