@@ -239,6 +239,19 @@ def test_local_and_dask_with_s3_stores_give_the_same_bytes(builds, s3):
     assert released > len(images) // 2  # every split's images, metadata, manifest and card
 
 
+def test_stores_in_the_bucket_are_reused_by_the_next_run(builds, s3):
+    """A re-run on the cluster finds every object, scored batch and image in the bucket (nothing decoded, scored or
+    made again, even with the local prediction cache gone), and its outputs are unchanged."""
+    remote = builds["dask"]
+    before = {table: (remote / table).read_bytes() for table in TABLES[:10]}
+    shutil.rmtree(remote / "data/interim/filter/predictions")  # the batches in the bucket are the cache now
+    again = build(remote, ("ingest", "filter", "standardise"))
+    assert "0 images decoded" in again["ingest"]
+    assert "0 scored" in again["filter"]
+    assert "(0 processed, " in again["standardise"]
+    assert {table: (remote / table).read_bytes() for table in TABLES[:10]} == before
+
+
 def test_a_worker_killed_mid_run_is_retried_and_the_result_is_the_same(builds, cluster, s3):
     from distributed.diagnostics.plugin import SchedulerPlugin
 
