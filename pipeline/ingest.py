@@ -23,6 +23,10 @@ and none is a candidate; identical labels are plain duplicates (the first kept).
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
 `extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).
+On a cluster (params `compute.executor: dask`, `executors.run_map`) the raw files are still read here, `AHEAD`
+elements at a time, and their new images are vetted by the workers in one map (`check_image`, a pure function of
+the bytes and the limits), then taken in the readers' order as above; the objects go to `compute.objects_store`
+(an S3 store) where one is set, and `objects/index.csv` stays here.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from . import sources
 from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, stable_hash, write_csv
 from .imaging import to_rgb
-from .executors import LOCAL, Compute
+from .executors import LOCAL, Compute, run_map
 from .integrity import matches
 from .sources import ITEM_FIELDS, Reject, Unit
 from .stores import LocalStore, open_store
@@ -161,6 +165,18 @@ def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
     return CheckedImage(buffer.getvalue(), ".png", upright.width, upright.height, fmt)
 
 
+AHEAD = 256  # elements read ahead of taking them, on a cluster: one map of their new images
+
+
+def _vet(task: tuple) -> CheckedImage | str:
+    """Cluster task: `check_image` of one image's bytes; the reason (str) where it is rejected."""
+    data, limits = task
+    try:
+        return check_image(data, limits)
+    except BadImage as error:
+        return str(error)
+
+
 def _load_object_index(objects_dir: Path, checked_with: str, store=None) -> dict[str, dict]:
     """The intact objects: made with this code and these limits, and whose bytes still hash to what was recorded
     (a changed, truncated or replaced object is left out, so it is made again from its source). In a remote
@@ -279,8 +295,11 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             return entry
         info = cache.get(candidate_id)
         if info is None:
+            outcome = vetted.get(candidate_id)  # vetted on the cluster ahead: a CheckedImage or the reason
+            if isinstance(outcome, str):
+                return reject(name, origin, member, outcome)
             try:
-                checked = check_image(data, limits)
+                checked = outcome or check_image(data, limits)
             except BadImage as error:
                 return reject(name, origin, member, str(error))
             counts["decoded"] += 1
@@ -306,6 +325,21 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         # Fields as strings, so a field read now and one replayed from the JSON cache are written identically.
         fields = {key: "" if value is None else str(value) for key, value in element.fields.items()}
         return take(name, kind, sha256_bytes(element.data), element.origin, element.member, fields, element.data)
+
+    compute = compute or LOCAL
+    vetting = compute.executor != "local"
+    vetted: dict[str, CheckedImage | str] = {}
+
+    def vet_ahead(items: list) -> None:
+        """The images of `items` not known yet (not in the object store, not a candidate already), vetted on the
+        cluster in one map; their outcomes in `vetted` for `take`."""
+        todo = {}
+        for item in items:
+            candidate_id = sha256_bytes(item.data)
+            if candidate_id not in cache and candidate_id not in candidates:
+                todo.setdefault(candidate_id, item.data)
+        outcomes = run_map(_vet, [(data, limits) for data in todo.values()], compute, "vet")
+        vetted.update(zip(todo, outcomes))
 
     def replayable(entries: list | None) -> bool:
         # Every image the unit gave must still be in the object store; else read the unit again.
@@ -333,17 +367,18 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
                                                                      "does not exist"))
         reader_version = code_version(read.__module__)
-        for element in progress(read(root, options), f"ingest {name}"):
-            outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
+
+        def apply(element, outside: str | None, results: list | None) -> None:
+            """One element of the reader, in order; `results`: a unit's items when read ahead (None: not read)."""
             if outside:
                 reject(name, element.origin, getattr(element, "member", ""), outside)
-                continue
+                return
             if not isinstance(element, Unit):
                 handle(name, kind, element)
-                continue
+                return
             key = stable_hash([kind, reader_version, element.stamp])
             entries = reads.old.get(key)
-            if replayable(entries):
+            if results is None and replayable(entries):
                 counts["units_cached"] += 1
                 for entry in entries:
                     if "reason" in entry:
@@ -352,8 +387,34 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                         take(name, kind, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
             else:
                 counts["units_read"] += 1
-                entries = [handle(name, kind, result) for result in element.read()]
+                entries = [handle(name, kind, result) for result in (element.read() if results is None else results)]
             reads.new[key] = entries
+
+        # Locally each element is taken as it comes. On a cluster, AHEAD elements are read first (the units the
+        # read cache cannot replay), their new images vetted in one map on the workers, then taken in order.
+        chunk: list = []
+
+        def drain() -> None:
+            prepared = []
+            for element in chunk:
+                outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
+                read_now = (vetting and not outside and isinstance(element, Unit)
+                            and not replayable(reads.old.get(stable_hash([kind, reader_version, element.stamp]))))
+                prepared.append((element, outside, list(element.read()) if read_now else None))
+            if vetting:
+                vet_ahead([item for element, outside, results in prepared if not outside
+                           for item in (results if results is not None else [element])
+                           if not isinstance(item, (Reject, Unit))])
+            for element, outside, results in prepared:
+                apply(element, outside, results)
+            chunk.clear()
+            vetted.clear()
+
+        for element in progress(read(root, options), f"ingest {name}"):
+            chunk.append(element)
+            if len(chunk) >= (AHEAD if vetting else 1):
+                drain()
+        drain()
 
     conflicts = {cid: reason for cid, rows in seen_rows.items() if (reason := _label_conflict(rows))}
     if conflicts:
