@@ -55,6 +55,21 @@ def section(params_path: Path, name: str) -> dict:
     return load_section(params_path, name)
 
 
+def compute_of(params_path: Path):
+    """Params `compute` (optional section: absent means the local executor and local stores), validated first.
+    An `s3_endpoint` there is also exported as AWS_ENDPOINT_URL, so the stage's own worker processes see it."""
+    import os
+
+    from .executors import Compute
+    from .params import load_section
+
+    params = load_params(params_path)
+    compute = Compute.of(load_section(params_path, "compute") if "compute" in params else None)
+    if compute.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = compute.s3_endpoint
+    return compute
+
+
 @click.group()
 @click.version_option(package_name="ham10000-repo")
 def main():
@@ -89,7 +104,7 @@ def ingest(params_path, out):
     for path in untracked_sources({"ingest": params}, params_path.parent):
         click.echo(f"warning: raw source {path} is not tracked by a .dvc file of its own; run `dvc add {path}` "
                    f"so it is versioned and can be pushed and pulled", err=True)
-    result = run(params["sources"], params_path.parent, out, Limits.of(params))
+    result = run(params["sources"], params_path.parent, out, Limits.of(params), compute_of(params_path))
     click.echo(f"ingest: {len(result.candidates)} candidates, {len(result.rejects)} rejected "
                f"({result.units_read} raw files read, {result.units_cached} unchanged since the last run; "
                f"{result.decoded} images decoded) -> {out}")
@@ -142,7 +157,7 @@ def filter_(params_path, candidates, objects, model, out):
     params = section(params_path, "filter")
     counts = {}
     decisions = decide(candidates, objects, Path(params["annotations"]), model, params, out / "decisions.csv",
-                       out / "review_queue.csv", counts=counts)
+                       out / "review_queue.csv", counts=counts, compute=compute_of(params_path))
     kept = sum(d["keep"] == "true" for d in decisions)
     review = sum(d["review"] == "true" for d in decisions)
     click.echo(f"filter: {kept} of {len(decisions)} kept, {review} queued for review ({counts.get('scored', 0)} "
@@ -184,8 +199,10 @@ def standardise(params_path, candidates, decisions, objects, out):
     from .standardise import standardise as run
 
     params = section(params_path, "standardise")
-    counts = run(candidates, decisions, objects, params, out / "images", out / "index.csv")
-    near = dedupe(out / "index.csv", out / "images", candidates, params.get("dedupe"), out / "duplicates.csv",
+    compute = compute_of(params_path)
+    counts = run(candidates, decisions, objects, params, out / "images", out / "index.csv", compute)
+    near = dedupe(out / "index.csv", compute.store("standardised", out / "images"), candidates, params.get("dedupe"),
+                  out / "duplicates.csv",
                   out / "duplicate_review.csv", params.get("workers"), out / "phash_cache.json")
     click.echo(f"standardise: {counts['kept']} images ({counts['processed']} processed, {counts['reused']} reused, "
                f"{counts['duplicates']} identical duplicates, {near['near_duplicates']} near-duplicates in "
@@ -241,8 +258,14 @@ def split(params_path, metadata_csv, images, registry):
 @friendly_errors
 def release(params_path, metadata_csv, images, splits, standardised, out, summary_json):
     """Write the release folder: images and metadata per split, attribution, manifest with every file's sha256."""
+    from .common import read_csv
     from .release import build_release, format_summary
+    from .stores import materialise
 
+    compute = compute_of(params_path)
+    if compute.standardised_store:  # the release's images, fetched from the bucket into the local images folder
+        wanted = [row["file"] for row in read_csv(images, ("file",))]
+        standardised = materialise(compute.standardised_store, wanted, standardised, compute.options)
     summary = build_release(metadata_csv, images, splits, standardised, section(params_path, "release"), out,
                             summary_json, all_params=load_params(params_path))
     click.echo(format_summary(summary))

@@ -29,6 +29,7 @@ growing with the square).
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from PIL import Image
 
 from .common import PipelineError, atomic_write_bytes, read_csv, stable_hash, write_csv
 from .parallel import pool_map, resolve_workers
+from .stores import is_remote, open_url
 
 ZOOMS = (1.0, 1.03, 1.06, 1.09, 1.12, 1.15, 1.19)  # centre crops: 3 % steps of zoom, up to 8 % a side
 HASH_SIZE = 16
@@ -63,7 +65,7 @@ def image_hashes(image: Image.Image) -> np.ndarray:
 
 def _hash_file(path: str) -> tuple[str, bytes, str]:
     try:
-        with Image.open(path) as image:
+        with (open_url(path) if is_remote(path) else nullcontext(path)) as source, Image.open(source) as image:
             image.draft("RGB", (image.width // 2, image.height // 2))  # phash looks at 64x64 pixels
             return path, image_hashes(image).tobytes(), ""
     except Exception as error:
@@ -148,8 +150,8 @@ def dedupe(index_csv: Path, images_dir: Path, candidates_csv: Path, params: dict
     version = hashed_with()
     cache = _load_cache(cache_json, version)
     todo = sorted({row["sha256"]: row["file"] for row in rows if row["sha256"] not in cache}.items())
-    results = list(pool_map(_hash_file, [str(Path(images_dir) / file) for _, file in todo], workers,
-                            "near-duplicates"))
+    located = [f"{images_dir}/{file}" if is_remote(images_dir) else str(Path(images_dir) / file) for _, file in todo]
+    results = list(pool_map(_hash_file, located, workers, "near-duplicates"))
     failed = [(path, error) for path, _, error in results if error]
     if failed:
         raise PipelineError(f"near-duplicates: cannot read {failed[0][0]}: {failed[0][1]}")

@@ -20,6 +20,7 @@ appended batch by batch, so a new batch of candidates is scored alone and a kill
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -30,8 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from .annotations import IMAGE_TYPES, read_annotations_if_any
 from .common import PipelineError, read_csv, stable_hash, write_csv
 from .codedeps import code_version
-from .filter_model import (exact_float32, load_model, load_pixels, model_hash, pick_device,
+from .executors import LOCAL, Compute, run_map
+from .filter_model import (ImageTypeNet, exact_float32, load_model, load_pixels, model_hash, pick_device,
                            predict_batch)
+from .stores import LocalStore, open_store, open_url
 
 DECISION_COLUMNS = ("candidate_id", "image_type", "confidence", "p_dsc", "p_macro", "p_clinic", "decided_by",
                     "keep", "review")
@@ -41,14 +44,20 @@ CACHE_COLUMNS = ("candidate_id", *(f"p_{t}" for t in IMAGE_TYPES))
 
 
 class CandidateImages(Dataset):
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    """Images by local path, or by URL (str) in a remote object store (`stores`, with its s3fs `options`)."""
+
+    def __init__(self, paths: list, size: int, options: dict | None = None):
+        self.paths, self.size, self.options = paths, size, options or {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return torch.from_numpy(load_pixels(self.paths[index], self.size)), index
+        path = self.paths[index]
+        if isinstance(path, str):
+            with open_url(path, self.options) as handle:
+                return torch.from_numpy(load_pixels(handle, self.size)), index
+        return torch.from_numpy(load_pixels(path, self.size)), index
 
 
 def _read_cache(path: Path) -> dict[str, tuple[float, ...]]:
@@ -66,14 +75,79 @@ def _read_cache(path: Path) -> dict[str, tuple[float, ...]]:
     return cached
 
 
+_MODELS: dict[str, tuple] = {}  # in a cluster's worker process: model key -> (model, device), loaded once
+
+
+def _score_batch(task: tuple, model_bytes: bytes) -> tuple[list[int], list[tuple[float, ...]]]:
+    """Cluster task: one batch's probabilities (a content-addressed object in the predictions store, where there
+    is one: a batch scored before, by a worker since lost or by a killed run, is read back, not scored again)."""
+    indices, ids, urls, size, device_name, key, location, options = task
+    store = open_store(f"{location}/{key}", options) if location else None
+    name = f"{stable_hash(ids)[:24]}.csv"
+    if store is not None and store.exists(name):
+        scored = _parse_cache(store.read_bytes(name).decode())
+        if all(candidate_id in scored for candidate_id in ids):
+            return indices, [scored[candidate_id] for candidate_id in ids]
+    if key not in _MODELS:
+        device = pick_device(device_name)
+        checkpoint = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
+        model = ImageTypeNet(checkpoint["meta"]["width"], checkpoint["meta"].get("blocks", 1))
+        model.load_state_dict(checkpoint["state_dict"])
+        exact_float32(device)
+        _MODELS[key] = (model.to(device).eval(), device)
+    model, device = _MODELS[key]
+    dataset = CandidateImages(urls, size, options)
+    batch = torch.stack([dataset[i][0] for i in range(len(urls))])
+    values = [tuple(float(v) for v in p) for p in predict_batch(model, batch, device)]
+    if store is not None:
+        store.write_bytes(name, ("".join(f"{c},{','.join(repr(v) for v in p)}\n" for c, p in zip(ids, values))
+                                 ).encode())
+    return indices, values
+
+
+def _score_on_cluster(todo: list[dict], paths: list, model_path: Path, key: str, size: int, batch_size: int,
+                      params: dict, compute: Compute):
+    """The same batches as the local DataLoader (sorted candidates, `inference_batch_size` each), one task each:
+    a batch, not an image, so a worker loads the model once and scores a batch in one pass."""
+    urls = [str(p) for p in paths]
+    tasks = [(list(range(start, min(start + batch_size, len(todo)))),
+              [row["candidate_id"] for row in todo[start:start + batch_size]], urls[start:start + batch_size], size,
+              params.get("device", "auto"), key, compute.predictions_store, compute.options)
+             for start in range(0, len(todo), batch_size)]
+    return run_map(_score_batch, tasks, compute, "filter", shared=Path(model_path).read_bytes())
+
+
+def _parse_cache(text: str) -> dict[str, tuple[float, ...]]:
+    scored = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) == 4:
+            try:
+                scored[fields[0]] = tuple(float(v) for v in fields[1:])
+            except ValueError:
+                pass
+    return scored
+
+
+def _read_remote_cache(compute: Compute, key: str) -> dict[str, tuple[float, ...]]:
+    store = open_store(f"{compute.predictions_store}/{key}", compute.options)
+    scored = {}
+    for name in sorted(store.names()):
+        scored.update(_parse_cache(store.read_bytes(name).decode()))
+    return scored
+
+
 def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: dict, cache_dir: Path,
-          counts: dict | None = None) -> dict[str, tuple[float, ...]]:
-    """candidate_id -> the model's probabilities (float32 values, IMAGE_TYPES order), from the cache where known."""
+          counts: dict | None = None, compute: Compute | None = None) -> dict[str, tuple[float, ...]]:
+    """candidate_id -> the model's probabilities (float32 values, IMAGE_TYPES order), from the cache where known.
+    `compute.objects_store` (params `compute`): the objects are read from that S3 store instead of `objects_dir`."""
     device = pick_device(params.get("device", "auto"))
     # The model's bytes and the code that decodes and scores an image (filter_model's import closure).
     key = stable_hash([model_hash(model_path), code_version("pipeline.filter_model")])[:24]
     cache_path = Path(cache_dir) / f"{key}.csv"
     cached = _read_cache(cache_path)
+    if (compute or LOCAL).predictions_store:  # what the cluster's workers scored before (a killed run's batches)
+        cached = {**_read_remote_cache(compute, key), **cached}
     todo = sorted({row["candidate_id"]: row for row in candidates if row["candidate_id"] not in cached}.values(),
                   key=lambda row: row["candidate_id"])
     if counts is not None:
@@ -87,13 +161,24 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
     threads = torch.get_num_threads()
     if device.type == "cpu":  # leave the cores the decoding workers use
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    paths = [Path(objects_dir) / row["object"] for row in todo]
-    missing = [p for p in paths if not p.exists()]
+    store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
+    if isinstance(store, LocalStore):
+        paths = [Path(objects_dir) / row["object"] for row in todo]
+        missing = [p for p in paths if not p.exists()]
+    else:
+        present = store.names()
+        paths = [store.url(row["object"]) for row in todo]
+        missing = [store.url(row["object"]) for row in todo if row["object"] not in present]
     if missing:
-        raise PipelineError(f"{missing[0]}: object missing from {objects_dir} ({len(missing)} missing)")
-    loader = DataLoader(CandidateImages(paths, meta["image_size"]),
-                        batch_size=int(params.get("inference_batch_size", 256)),
-                        num_workers=workers, pin_memory=device.type == "cuda")
+        raise PipelineError(f"{missing[0]}: object missing from {store.location} ({len(missing)} missing)")
+    batch_size = int(params.get("inference_batch_size", 256))
+    if (compute or LOCAL).executor != "local":
+        batches = _score_on_cluster(todo, paths, Path(model_path), key, meta["image_size"], batch_size, params,
+                                    compute)
+    else:
+        loader = DataLoader(CandidateImages(paths, meta["image_size"], (compute or LOCAL).options),
+                            batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        batches = ((index.tolist(), predict_batch(model, batch, device)) for batch, index in loader)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not cache_path.exists() or cache_path.stat().st_size == 0
     done = 0
@@ -101,10 +186,9 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
         with open(cache_path, "a", encoding="utf-8") as handle:
             if new_file:
                 handle.write(",".join(CACHE_COLUMNS) + "\n")
-            for batch, index in loader:
-                probabilities = predict_batch(model, batch, device)
+            for index, probabilities in batches:
                 lines = []
-                for i, p in zip(index.tolist(), probabilities):
+                for i, p in zip(index, probabilities):
                     values = tuple(float(v) for v in p)  # float32 -> float: exact, and exact again through repr
                     cached[todo[i]["candidate_id"]] = values
                     lines.append(f"{todo[i]['candidate_id']},{','.join(repr(v) for v in values)}\n")
@@ -127,7 +211,7 @@ def _fmt(value: float) -> str:
 
 def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None, model_path: Path, params: dict,
            decisions_csv: Path, review_csv: Path, cache_dir: Path | None = None,
-           counts: dict | None = None) -> list[dict]:
+           counts: dict | None = None, compute: Compute | None = None) -> list[dict]:
     candidates = read_csv(candidates_csv, ("candidate_id", "object", "source", "origin", "member"))
     labels = read_annotations_if_any(annotations_csv)
     trust = params.get("trust_source_types", True)
@@ -138,7 +222,8 @@ def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None
                                 f"not one of {', '.join(IMAGE_TYPES)}")
     to_score = [row for row in candidates if row["candidate_id"] not in labels]
     cache_dir = Path(cache_dir) if cache_dir else Path(decisions_csv).parent / "predictions"
-    predicted = score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts) if to_score else {}
+    predicted = (score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts, compute)
+                 if to_score else {})
 
     decisions, review = {}, []
     for row in candidates:

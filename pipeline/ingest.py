@@ -23,6 +23,10 @@ and none is a candidate; identical labels are plain duplicates (the first kept).
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
 `extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).
+On a cluster (params `compute.executor: dask`, `executors.run_map`) the raw files are still read here, `AHEAD`
+elements at a time, and their new images are vetted by the workers in one map (`check_image`, a pure function of
+the bytes and the limits), then taken in the readers' order as above; the objects go to `compute.objects_store`
+(an S3 store) where one is set, and `objects/index.csv` stays here.
 """
 from __future__ import annotations
 
@@ -38,8 +42,10 @@ from . import sources
 from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, stable_hash, write_csv
 from .imaging import to_rgb
+from .executors import LOCAL, Compute, run_map
 from .integrity import matches
 from .sources import ITEM_FIELDS, Reject, Unit
+from .stores import LocalStore, open_store
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
                      *ITEM_FIELDS, "extra")
@@ -159,9 +165,22 @@ def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
     return CheckedImage(buffer.getvalue(), ".png", upright.width, upright.height, fmt)
 
 
-def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
+AHEAD = 256  # elements read ahead of taking them, on a cluster: one map of their new images
+
+
+def _vet(task: tuple) -> CheckedImage | str:
+    """Cluster task: `check_image` of one image's bytes; the reason (str) where it is rejected."""
+    data, limits = task
+    try:
+        return check_image(data, limits)
+    except BadImage as error:
+        return str(error)
+
+
+def _load_object_index(objects_dir: Path, checked_with: str, store=None) -> dict[str, dict]:
     """The intact objects: made with this code and these limits, and whose bytes still hash to what was recorded
-    (a changed, truncated or replaced object is left out, so it is made again from its source)."""
+    (a changed, truncated or replaced object is left out, so it is made again from its source). In a remote
+    `store` (S3) an object listed there is taken as whole: it was written by one PUT, never in parts."""
     path = objects_dir / OBJECT_INDEX
     if not path.exists():
         return {}
@@ -169,6 +188,10 @@ def _load_object_index(objects_dir: Path, checked_with: str) -> dict[str, dict]:
         rows = read_csv(path, OBJECT_INDEX_COLUMNS)
     except (PipelineError, csv.Error, UnicodeDecodeError):
         return {}  # a damaged cache index is rebuilt, never trusted
+    if store is not None and not isinstance(store, LocalStore):
+        present = store.names()
+        return {row["candidate_id"]: row for row in rows
+                if row["checked_with"] == checked_with and row["object"] in present}
     return {row["candidate_id"]: row for row in rows
             if row["checked_with"] == checked_with and matches(objects_dir / row["object"], row["sha256"])}
 
@@ -231,15 +254,18 @@ def _label_conflict(rows: list[dict]) -> str | None:
     return f"conflicting labels: {said}; every row of this image is excluded"
 
 
-def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int | Limits) -> IngestResult:
+def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels: int | Limits,
+           compute: Compute | None = None) -> IngestResult:
     """Read every source, vet every image, store objects by content hash and write the three tables.
-    `max_pixels`: the pixel limit alone, or all the per-image `Limits` (params `ingest`)."""
+    `max_pixels`: the pixel limit alone, or all the per-image `Limits` (params `ingest`). `compute.objects_store`
+    (params `compute`): an s3:// store for the objects; `objects/index.csv` stays in `out_dir` either way."""
     limits = max_pixels if isinstance(max_pixels, Limits) else Limits(max_pixels=max_pixels)
     out_dir = Path(out_dir)
     objects_dir = out_dir / "objects"
     objects_dir.mkdir(parents=True, exist_ok=True)
     checked_with = f"{code_version(__name__)}-{stable_hash(limits.__dict__)[:12]}"
-    cache = _load_object_index(objects_dir, checked_with)
+    store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
+    cache = _load_object_index(objects_dir, checked_with, store)
     reads = ReadCache(out_dir / READ_CACHE, checked_with)
 
     candidates: dict[str, dict] = {}
@@ -269,13 +295,16 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             return entry
         info = cache.get(candidate_id)
         if info is None:
+            outcome = vetted.get(candidate_id)  # vetted on the cluster ahead: a CheckedImage or the reason
+            if isinstance(outcome, str):
+                return reject(name, origin, member, outcome)
             try:
-                checked = check_image(data, limits)
+                checked = outcome or check_image(data, limits)
             except BadImage as error:
                 return reject(name, origin, member, str(error))
             counts["decoded"] += 1
             object_name = candidate_id + checked.extension
-            atomic_write_bytes(objects_dir / object_name, checked.stored)
+            store.write_bytes(object_name, checked.stored)
             info = {"candidate_id": candidate_id, "object": object_name, "sha256": sha256_bytes(checked.stored),
                     "width": checked.width,
                     "height": checked.height, "format": checked.format, "checked_with": checked_with}
@@ -296,6 +325,21 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         # Fields as strings, so a field read now and one replayed from the JSON cache are written identically.
         fields = {key: "" if value is None else str(value) for key, value in element.fields.items()}
         return take(name, kind, sha256_bytes(element.data), element.origin, element.member, fields, element.data)
+
+    compute = compute or LOCAL
+    vetting = compute.executor != "local"
+    vetted: dict[str, CheckedImage | str] = {}
+
+    def vet_ahead(items: list) -> None:
+        """The images of `items` not known yet (not in the object store, not a candidate already), vetted on the
+        cluster in one map; their outcomes in `vetted` for `take`."""
+        todo = {}
+        for item in items:
+            candidate_id = sha256_bytes(item.data)
+            if candidate_id not in cache and candidate_id not in candidates:
+                todo.setdefault(candidate_id, item.data)
+        outcomes = run_map(_vet, [(data, limits) for data in todo.values()], compute, "vet")
+        vetted.update(zip(todo, outcomes))
 
     def replayable(entries: list | None) -> bool:
         # Every image the unit gave must still be in the object store; else read the unit again.
@@ -323,17 +367,18 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
                                                                      "does not exist"))
         reader_version = code_version(read.__module__)
-        for element in progress(read(root, options), f"ingest {name}"):
-            outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
+
+        def apply(element, outside: str | None, results: list | None) -> None:
+            """One element of the reader, in order; `results`: a unit's items when read ahead (None: not read)."""
             if outside:
                 reject(name, element.origin, getattr(element, "member", ""), outside)
-                continue
+                return
             if not isinstance(element, Unit):
                 handle(name, kind, element)
-                continue
+                return
             key = stable_hash([kind, reader_version, element.stamp])
             entries = reads.old.get(key)
-            if replayable(entries):
+            if results is None and replayable(entries):
                 counts["units_cached"] += 1
                 for entry in entries:
                     if "reason" in entry:
@@ -342,8 +387,34 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                         take(name, kind, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
             else:
                 counts["units_read"] += 1
-                entries = [handle(name, kind, result) for result in element.read()]
+                entries = [handle(name, kind, result) for result in (element.read() if results is None else results)]
             reads.new[key] = entries
+
+        # Locally each element is taken as it comes. On a cluster, AHEAD elements are read first (the units the
+        # read cache cannot replay), their new images vetted in one map on the workers, then taken in order.
+        chunk: list = []
+
+        def drain() -> None:
+            prepared = []
+            for element in chunk:
+                outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
+                read_now = (vetting and not outside and isinstance(element, Unit)
+                            and not replayable(reads.old.get(stable_hash([kind, reader_version, element.stamp]))))
+                prepared.append((element, outside, list(element.read()) if read_now else None))
+            if vetting:
+                vet_ahead([item for element, outside, results in prepared if not outside
+                           for item in (results if results is not None else [element])
+                           if not isinstance(item, (Reject, Unit))])
+            for element, outside, results in prepared:
+                apply(element, outside, results)
+            chunk.clear()
+            vetted.clear()
+
+        for element in progress(read(root, options), f"ingest {name}"):
+            chunk.append(element)
+            if len(chunk) >= (AHEAD if vetting else 1):
+                drain()
+        drain()
 
     conflicts = {cid: reason for cid, rows in seen_rows.items() if (reason := _label_conflict(rows))}
     if conflicts:
@@ -358,9 +429,9 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
 
     # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
     keep = {row["object"] for row in candidates.values()}
-    for path in objects_dir.iterdir():
-        if path.name != OBJECT_INDEX and path.name not in keep:
-            path.unlink()
+    for name in store.names():
+        if name != OBJECT_INDEX and name not in keep:
+            store.remove(name)
     write_csv(objects_dir / OBJECT_INDEX, sorted((cache[c] for c in candidates), key=lambda r: r["candidate_id"]),
               OBJECT_INDEX_COLUMNS)
     ordered = sorted(candidates.values(), key=lambda row: (row["source"], row["origin"], row["member"]))

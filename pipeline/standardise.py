@@ -25,7 +25,6 @@ listed as duplicates (`duplicate_of`, `duplicate_reason`); `pipeline/dedupe.py` 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -34,7 +33,8 @@ from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, sha256_file, stable_hash, write_csv
 from .imaging import EXIF_ORIENTATION, to_rgb
 from .integrity import HashStore, check_cover_geometry
-from .parallel import pool_map
+from .executors import LOCAL, Compute, run_map
+from .stores import LocalStore, open_store
 
 INDEX_COLUMNS = ("candidate_id", "file", "sha256", "bytes", "duplicate_of", "duplicate_reason")
 RECIPE_PARAMS = ("width", "height", "quality", "density")
@@ -81,23 +81,41 @@ def recipe_key(params: dict) -> str:
 
 
 def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
-    """Worker: write one image's standardised file unless present; (candidate_id, sha256, bytes, error)."""
-    candidate_id, source, target, recipe = task
-    target = Path(target)
+    """Worker: write one image's standardised file unless present; (candidate_id, sha256, bytes, error).
+    The objects and the images may be local folders or S3 stores (`stores`); a file already there is kept only
+    while it hashes to `expected` (what SHA256SUMS recorded) where one is given; the write is atomic, so a task
+    run twice (a worker lost mid-run) writes the same bytes."""
+    candidate_id, objects, object_name, images, name, recipe, options, expected = task
     try:
-        if not target.exists():
-            with Image.open(source) as image:
-                data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
-            atomic_write_bytes(target, data)
-            return candidate_id, sha256_bytes(data), len(data), ""
-        return candidate_id, sha256_file(target), target.stat().st_size, ""
+        source, target = open_store(objects, options), open_store(images, options)
+        if isinstance(target, LocalStore) and isinstance(source, LocalStore):  # the local path, as before
+            path = target.path(name)
+            if not path.exists():
+                with Image.open(source.path(object_name)) as image:
+                    data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
+                atomic_write_bytes(path, data)
+                return candidate_id, sha256_bytes(data), len(data), ""
+            return candidate_id, sha256_file(path), path.stat().st_size, ""
+        if target.exists(name):
+            data = target.read_bytes(name)
+            if not expected or sha256_bytes(data) == expected:
+                return candidate_id, sha256_bytes(data), len(data), ""
+        with source.open(object_name) as handle, Image.open(handle) as image:
+            data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
+        target.write_bytes(name, data)
+        return candidate_id, sha256_bytes(data), len(data), ""
     except Exception as error:  # reported by the parent with the candidate named, never as a worker traceback
         return candidate_id, "", 0, f"{type(error).__name__}: {error}"
 
 
 def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, params: dict, images_dir: Path,
-                index_csv: Path) -> dict:
-    """Returns counts: kept, processed (new this run), reused, duplicates (identical standardised bytes)."""
+                index_csv: Path, compute: Compute | None = None) -> dict:
+    """Returns counts: kept, processed (new this run), reused, duplicates (identical standardised bytes).
+    `compute` (params `compute`): the executor, and the objects' and images' stores where not the local folders
+    (`images_dir` then keeps SHA256SUMS only)."""
+    compute = compute or LOCAL
+    objects = compute.store("objects", objects_dir)
+    store = open_store(compute.store("standardised", images_dir), compute.options)
     candidates = {row["candidate_id"]: row for row in read_csv(candidates_csv, ("candidate_id", "object"))}
     kept = sorted(d["candidate_id"] for d in read_csv(decisions_csv, ("candidate_id", "keep")) if d["keep"] == "true")
     recipe = recipe_key(params)
@@ -107,15 +125,16 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
     # A file is reused only while it still hashes to what was recorded when it was written (SHA256SUMS, kept
     # inside the persistent folder); anything else is made again.
     sums = HashStore(images_dir)
-    present = set(os.listdir(images_dir)) - {HashStore.NAME}
-    for name in sorted(set(names.values()) & present):
-        if not sums.intact(name):
-            (images_dir / name).unlink()
-            present.discard(name)
+    present = store.names() - {HashStore.NAME}
+    if isinstance(store, LocalStore):  # remote objects are checked by the worker that reads them
+        for name in sorted(set(names.values()) & present):
+            if not sums.intact(name):
+                (images_dir / name).unlink()
+                present.discard(name)
     processed = sum(1 for name in names.values() if name not in present)
-    tasks = [(c, str(Path(objects_dir) / candidates[c]["object"]), str(images_dir / names[c]),
-              {k: params[k] for k in RECIPE_PARAMS}) for c in kept]
-    results = list(pool_map(_standardise_one, tasks, params.get("workers"), "standardise"))
+    tasks = [(c, objects, candidates[c]["object"], store.location, names[c], {k: params[k] for k in RECIPE_PARAMS},
+              compute.options, sums.sums.get(names[c], "")) for c in kept]
+    results = run_map(_standardise_one, tasks, compute, "standardise", params.get("workers"))
     failed = [(c, error) for c, _, _, error in results if error]
     if failed:
         candidate_id, error = failed[0]
@@ -126,7 +145,7 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
         sums.sums[names[candidate_id]] = digest
     sums.save(wanted)
     for name in present - wanted:
-        (images_dir / name).unlink()
+        store.remove(name)
 
     rows, first_by_hash = [], {}
     for candidate_id, digest, size, _ in results:
