@@ -67,19 +67,19 @@ def main() -> None:
             data[-3] = number % 251  # inside the JPEG's last bytes: a file of its own
             path = tmp / "store" / f"img{number:05d}.jpg"
             atomic_write_bytes(path, bytes(data))
-            plan.append((f"{'test' if number % 5 == 0 else 'train'}/images/img{number:05d}.jpg", path,
-                         sha256_bytes(bytes(data))))
-        megabytes = sum(p.stat().st_size for _, p, _ in plan) / 1e6
+            plan.append((f"{'test' if number % 5 == 0 else 'train'}/images/img{number:05d}.jpg", str(path),
+                         sha256_bytes(bytes(data))))  # the store path as a string, as build_release gives it
+        megabytes = sum(os.path.getsize(p) for _, p, _ in plan) / 1e6
         os.sync()
         copy_s, _ = copy_all(plan, tmp / "copied")
         full_s, full = place_all(plan, tmp / "release", tmp / "state.json")
         changed = plan[::100]  # 1 % of the images re-standardised: new files (new bytes) under their names
         for number, (path, source, _) in enumerate(plan):
             if number % 100 == 0:
-                data = bytearray(source.read_bytes())
+                data = bytearray(Path(source).read_bytes())
                 data[-3] = (data[-3] + 1) % 256  # new bytes (the end marker FF D9 stays)
                 data = bytes(data)
-                atomic_write_bytes(source, data)
+                atomic_write_bytes(Path(source), data)
                 plan[number] = (path, source, sha256_bytes(data))
         again_s, again = place_all(plan, tmp / "release", tmp / "state.json")
     fraction = again_s / full_s

@@ -84,9 +84,9 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
     for row in rows:
         by_split[split_of[row["lesion_id"]]].append(row)
 
-    plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg",
-             Path(standardised_dir) / files[row["image_id"]]["file"], files[row["image_id"]]["sha256"])
-            for row in rows]
+    store = os.fspath(standardised_dir)
+    plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", f"{store}/{files[row['image_id']]['file']}",
+             files[row["image_id"]]["sha256"]) for row in rows]
     placed = update_images(release_dir, plan, state_path(release_dir, state_json))
     manifest = []
     for split in SPLITS:
@@ -157,10 +157,6 @@ def state_path(release_dir: Path, state_json: Path | None = None) -> Path:
     return Path(state_json) if state_json else release_dir.parent / f".{release_dir.name}.state.json"
 
 
-def _stamp(stat: os.stat_result) -> list:
-    return [stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
-
-
 def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_json: Path) -> dict:
     """Make release_dir/<path> hold the bytes of <source> (sha256 <sha>) for each (path, source, sha) of `plan`,
     touching only what is missing or changed.
@@ -179,37 +175,44 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
         recorded = state["files"] if state.get("version") == STATE_VERSION else {}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         recorded = {}
-    counts = Counter(kept=0, rehashed=0, linked=0, copied=0)
+    kept = rehashed = linked = copied = 0
     files, record = {}, {}
     base = os.fspath(release_dir)
-    for path, source, sha in plan:  # strings, not Path objects, in this loop: it runs for every image, every run
+    # Plain strings and locals in this loop: it runs for every image on every run, and is all a rebuild costs
+    # for an image that did not change.
+    for path, source, sha in plan:
         target = f"{base}/{path}"
+        source = source if isinstance(source, str) else os.fspath(source)
         try:
             stat = os.lstat(target)
         except (FileNotFoundError, NotADirectoryError):
             stat = None
-        source = os.fspath(source)
         if stat is not None and not S_ISREG(stat.st_mode):
             stat = None  # a symlink or a folder in an image's place: replaced
-        if stat is not None and recorded.get(path) == [sha, source, *_stamp(stat)]:
-            counts["kept"] += 1
+        entry = None if stat is None else [sha, source, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
+        if entry is not None and recorded.get(path) == entry:
+            kept += 1
         elif stat is not None and _sha256_or_none(target) == sha:
-            counts["kept"] += 1  # no record (a copy `dvc unprotect` made, a link DVC re-made): right bytes, kept
-            counts["rehashed"] += 1
+            kept += 1  # no record (a copy `dvc unprotect` made, a link DVC re-made): right bytes, kept
+            rehashed += 1
         else:
             # A hard link from the standardised store (a copy across devices), checked against the sha256 the
             # metadata stage recorded: a corrupt file never reaches release/.
             copy_verified(Path(source), Path(target), sha)
             stat = os.lstat(target)
-            counts["linked" if stat.st_nlink > 1 else "copied"] += 1
+            if stat.st_nlink > 1:
+                linked += 1
+            else:
+                copied += 1
+            entry = None
         if stat.st_mode & 0o7777 != RELEASE_MODE:
             os.chmod(target, RELEASE_MODE)
         files[path] = (sha, stat.st_size)
-        record[path] = [sha, source, *_stamp(stat)]
+        record[path] = entry or [sha, source, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
     if record != recorded:
-        atomic_write_bytes(state_json, json.dumps({"version": STATE_VERSION, "files": record}, sort_keys=True,
+        atomic_write_bytes(state_json, json.dumps({"version": STATE_VERSION, "files": record},
                                                   separators=(",", ":")).encode())
-    return {"files": files, "counts": dict(counts)}
+    return {"files": files, "counts": {"kept": kept, "rehashed": rehashed, "linked": linked, "copied": copied}}
 
 
 def _sha256_or_none(path: Path) -> str | None:
