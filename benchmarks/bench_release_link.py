@@ -1,11 +1,15 @@
-"""Benchmark: a release folder built by copying every image against one built with `linking.place` (hard links
-from the standardised store), and a rebuild after 1 % of the images changed.
+"""Benchmark: the release's images placed by the release stage (`release.update_images`, hard links from the
+standardised store) from an empty folder, against an in-place update after 1 % of the images changed, side by
+side, with copying every image as the baseline.
 
-Makes a store of --images standardised JPEGs (the real images of $HAM_DATA through standardise_image,
-repeated under distinct names with one byte changed so every file is its own), then times, each from an empty
-release folder as the release stage does: copying every file; placing (linking) every file; and after 1 % of
-the store is replaced, placing again. Prints the times and the bytes written into the release folder, and
-merges them into bench/results.json.
+Makes a store of --images standardised JPEGs (the real images of $HAM_DATA through standardise_image, repeated
+under distinct names with one byte changed so every file is its own), then times, each followed by os.sync():
+  - copy: every image copied into an empty release folder (what the stage did before it linked);
+  - full: `update_images` + `remove_stale` into an empty folder, as a clean build (or a folder DVC removed);
+  - incremental: 1 % of the store replaced by new files (new bytes, new sha256), then the same two calls on the
+    folder the full build left: it links the changed images and only stats the others.
+Prints the times (with the os.sync, and before it: the sync also flushes what other processes wrote), what each
+wrote and the incremental/full fraction (target: about 1 %), and merges them into bench/results.json.
 """
 from __future__ import annotations
 
@@ -17,36 +21,41 @@ import time
 from pathlib import Path
 
 from benchmarks.results import record
-from pipeline.common import atomic_write_bytes
-from pipeline.linking import place
+from pipeline.common import atomic_write_bytes, sha256_bytes
+from pipeline.release import remove_stale, update_images
 from pipeline.standardise import standardise_image
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("HAM_DATA", REPO.parent / "shared" / "data"))
 
 
-def build(store: list[Path], release: Path, put) -> tuple[float, int]:
-    if release.exists():
-        shutil.rmtree(release)
+def copy_all(plan: list[tuple[str, Path, str]], release: Path) -> tuple[float, dict]:
     start = time.perf_counter()
-    for path in store:
-        target = release / "train" / "images" / path.name
+    for path, source, _ in plan:
+        target = release / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        put(path, target)
+        shutil.copyfile(source, target)
     os.sync()
-    seconds = time.perf_counter() - start
-    written = sum(p.stat().st_size for p in (release / "train" / "images").iterdir() if p.stat().st_nlink == 1)
-    return seconds, written
+    return time.perf_counter() - start, {"copied": len(plan)}
+
+
+def place_all(plan: list[tuple[str, Path, str]], release: Path, state: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    placed = update_images(release, plan, state)
+    counts = {**placed["counts"], "removed": remove_stale(release, {path for path, _, _ in plan}, placed["files"])}
+    counts["before_sync_s"] = time.perf_counter() - start
+    os.sync()
+    return time.perf_counter() - start, counts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--images", type=int, default=10000)
     args = parser.parse_args()
     real = sorted((DATA / "ham10000" / "images").glob("*.jpg"))
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:  # inside the repository: the store's file system
         tmp = Path(tmp)
-        store, standardised = [], {}
+        plan, standardised = [], {}
         for number in range(args.images):
             source = real[number % len(real)]
             if source not in standardised:
@@ -58,22 +67,35 @@ def main() -> None:
             data[-3] = number % 251  # inside the JPEG's last bytes: a file of its own
             path = tmp / "store" / f"img{number:05d}.jpg"
             atomic_write_bytes(path, bytes(data))
-            store.append(path)
+            plan.append((f"{'test' if number % 5 == 0 else 'train'}/images/img{number:05d}.jpg", str(path),
+                         sha256_bytes(bytes(data))))  # the store path as a string, as build_release gives it
+        megabytes = sum(os.path.getsize(p) for _, p, _ in plan) / 1e6
         os.sync()
-        copy_s, copy_bytes = build(store, tmp / "release", shutil.copyfile)
-        link_s, link_bytes = build(store, tmp / "release", place)
-        for path in store[::100]:  # 1 % of the images re-standardised: new files under their names
-            atomic_write_bytes(path, path.read_bytes()[:-1] + b"\xd9")
-        again_s, again_bytes = build(store, tmp / "release", place)
-    print(f"release of {args.images} images ({copy_bytes / 1e6:.0f} MB)")
-    print(f"  copy every image        {copy_s:7.3f} s  {copy_bytes / 1e6:8.1f} MB written")
-    print(f"  link every image        {link_s:7.3f} s  {link_bytes / 1e6:8.1f} MB written  "
-          f"({link_s / copy_s:.1%} of the copy)")
-    print(f"  link after a 1 % change {again_s:7.3f} s  {again_bytes / 1e6:8.1f} MB written  "
-          f"({again_s / copy_s:.1%} of the copy)")
-    record({"release_copy_seconds": (round(copy_s, 3), "s"), "release_link_seconds": (round(link_s, 3), "s"),
-            "release_link_after_1pct_change_share_of_copy": (round(again_s / copy_s, 4), "fraction"),
-            "release_link_bytes_written": (link_bytes, "bytes")},
+        copy_s, _ = copy_all(plan, tmp / "copied")
+        full_s, full = place_all(plan, tmp / "release", tmp / "state.json")
+        changed = plan[::100]  # 1 % of the images re-standardised: new files (new bytes) under their names
+        for number, (path, source, _) in enumerate(plan):
+            if number % 100 == 0:
+                data = bytearray(Path(source).read_bytes())
+                data[-3] = (data[-3] + 1) % 256  # new bytes (the end marker FF D9 stays)
+                data = bytes(data)
+                atomic_write_bytes(Path(source), data)
+                plan[number] = (path, source, sha256_bytes(data))
+        again_s, again = place_all(plan, tmp / "release", tmp / "state.json")
+    fraction = again_s / full_s
+    print(f"release of {args.images} images ({megabytes:.0f} MB), {len(changed)} changed (1 %)")
+    print(f"  copy every image             {copy_s:7.3f} s  {args.images} files copied ({megabytes:.0f} MB written)")
+    print(f"  full build (link every one)  {full_s:7.3f} s  {full['linked']} linked, {full['copied']} copied "
+          f"({full['before_sync_s']:.3f} s before os.sync)")
+    print(f"  in place after a 1 % change  {again_s:7.3f} s  {again['linked']} linked, {again['kept']} kept "
+          f"({again['rehashed']} re-hashed), {again['removed']} removed "
+          f"({again['before_sync_s']:.3f} s before os.sync)")
+    print(f"  incremental / full           {fraction:7.1%}   (of the copy: {again_s / copy_s:.1%}; before os.sync "
+          f"{again['before_sync_s'] / full['before_sync_s']:.1%})")
+    record({"release_copy_seconds": (round(copy_s, 3), "s"), "release_link_seconds": (round(full_s, 3), "s"),
+            "release_incremental_1pct_seconds": (round(again_s, 3), "s"),
+            "release_incremental_1pct_share_of_full": (round(fraction, 4), "fraction"),
+            "release_incremental_1pct_files_linked": (again["linked"] + again["copied"], "files")},
            f"make bench (python -m benchmarks.bench_release_link --images {args.images})")
 
 

@@ -1,45 +1,65 @@
 """Near-duplicates across all sources, found on the standardised images (part of stage `standardise`).
 
-Every standardised image gets perceptual hashes: `imagehash.phash` with 256 bits (hash_size 16) of the image and
-of its centre at six zooms (1.03 to 1.19), so a copy cropped by a few per cent on each side is compared at the
-scale where it lines up. The distance of two images is the smallest Hamming distance between one's full view and
-any view of the other. Images at most `dedupe.max_distance` apart (and images with identical standardised bytes)
-are joined into groups (transitively); pairs further apart but within `dedupe.review_distance` go to a review
-list for a person to look at. `imagehash` rather than our own DCT code: it is the maintained reference phash, and
-the hashing costs about 30 ms an image either way.
+Every standardised image gets perceptual hashes: `imagehash.phash` with 256 bits (hash_size 16) of 29 views: the
+whole image; windows at zooms 1.03 to 1.075 (1.5 % steps) at the centre and anchored at each edge; and centred
+windows at zooms 1.09 to 1.195. A copy cropped on every side is a centred window of the original, one cropped on
+one side (after standardise's cover resize and centre crop) a window anchored at the opposite edge, so one of the
+views lines up with the copy's whole image. The distance of two images is the smallest Hamming distance between
+one's whole view and any view of the other. Images at most `dedupe.max_distance` apart (and images with identical
+standardised bytes) are joined into groups (transitively); pairs further apart but within
+`dedupe.review_distance` go to a review list for a person to look at. `imagehash` rather than our own DCT code:
+it is the maintained reference phash.
 
 Measured on the 490 real HAM10000 images of ../shared/data (`python -m benchmarks.bench_dedupe`), copies of every
-5th run through standardise_image: re-encoded (JPEG quality 50/75, PNG) or resized (400x300, 1600x1200) copies
-are at 0 to 8 (one quality-50 copy at 14), so 99 to 100 % are caught at max_distance 10; cropped by 5 % on every
-side 94 %, by 2 % 67 %; cropped on one side only (a shift, which no zoom lines up) none: those fall in or beyond
-the review band. Different photographs of one lesion start at 12 (consecutive shots: six pairs in 12..28, all in
-the review list), different lesions at 54: no two real images are joined. A pixel check after alignment was
-tried for the band and dropped: a 2 % crop and a second shot of the lesion overlap (29 to 41 dB against 23 to
-39 dB PSNR).
+5th (98) run through standardise_image, at max_distance 10: re-encoded (JPEG quality 50/75, PNG) and resized
+(400x300, 1600x1200) copies 99 to 100 % caught (one quality-50 copy at 14); cropped 2 % and 5 % on every side
+100 %; cropped on one side only (each of the four sides) by 3 % 100 %, by 5 % 89 to 96 %, by 2 % 19 to 27 %
+(distances 12 to 22: all in the review list). The 2 % one-sided crop is the limit of the hash: it needs a view
+at zoom 1.02, and at zoom 1.015 consecutive shots of one lesion come within 6 to 10 bits of each other (three
+pairs would be joined), as close as the crop; no view below 1.03 is hashed. Different photographs of one lesion
+start at 12 (six pairs in 12..28, all in the review list), different lesions at 52: no two real images are
+joined. A pixel check after alignment was tried earlier for the band and dropped: a 2 % crop and a second shot of
+the lesion overlapped (29 to 41 dB against 23 to 39 dB PSNR). Hashing the 29 views costs about 35 ms an image
+on one core, against 7.5 ms for the 7 centred views before (side by side on 60 real images, load average 4 on
+2 cores): about 6 more minutes of one core at 10k images, paid once (the cache keeps them).
+
+Pairs are found without comparing every pair: multi-index hashing over 16-bit chunks (`near_pairs`), exact (the
+bench checks it against comparing every pair). On the 490 real images' hashes repeated with a quarter of their
+bits flipped (as many images, same structure) it took 0.6 s for 1960 images and 5.6 s for 9800, where comparing
+every pair took 6.6 s for 1960 (about 165 s for 9800): the candidates still grow with the square, at about a
+thirtieth of the cost, because every bucket fills as images are added; the 1-bit variants needed to stay exact
+up to review_distance 30 multiply the lookups by 17.
 
 Each group keeps one image: the one with the most source pixels (the least reduced copy), then the smallest
 candidate ID. The others get `duplicate_of` (the kept candidate) and `duplicate_reason` in the standardised
 index, so the metadata stage excludes them with that reason: they never reach a split, so a group's members
 cannot end up in different splits. `duplicates.csv` records every member of every group with its provenance and
 its distance to the kept image; `duplicate_review.csv` the borderline pairs. The hashes are cached by the
-standardised image's sha256 (`phash_cache.json` beside the index), so a re-run hashes only new images; the
-comparison is all pairs (numpy over every core, about 30 s of one core's time for 4000 images here,
-growing with the square).
+standardised image's sha256 (`phash_cache.json` beside the index), so a re-run hashes only new images (a change
+of the views or of this code re-hashes every image once).
 """
 from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .common import PipelineError, atomic_write_bytes, read_csv, stable_hash, write_csv
-from .parallel import pool_map, resolve_workers
+from .parallel import pool_map
 from .stores import is_remote, open_url
 
-ZOOMS = (1.0, 1.03, 1.06, 1.09, 1.12, 1.15, 1.19)  # centre crops: 3 % steps of zoom, up to 8 % a side
+# The views hashed of every image (zoom, x, y): the whole image, windows 1/zoom of its size. A copy cropped by c on
+# one side is, after standardise's cover resize and centre crop, the window of zoom 1/(1-c) anchored at the other
+# side: so the small zooms sit at the centre and at each edge, the larger ones (crops on every side) at the centre.
+# Steps of 1.5 % of zoom: phash is sensitive to about 1 % of scale. No zoom below 1.03: at 1.015 consecutive shots
+# of one lesion come within 6..10 bits of each other, as close as a 2 % crop (see the module docstring).
+EDGE_ZOOMS = (1.03, 1.045, 1.06, 1.075)
+CENTRE_ZOOMS = (1.09, 1.105, 1.12, 1.135, 1.15, 1.165, 1.18, 1.195)
+ANCHORS = ((0.5, 0.5), (0.0, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0))  # share of the margin left of / above it
 HASH_SIZE = 16
 DUPLICATES_COLUMNS = ("group", "candidate_id", "source", "origin", "member", "distance", "kept", "reason")
 DEFAULTS = {"max_distance": 10, "review_distance": 30}  # params standardise.dedupe, where it is not given
@@ -47,17 +67,26 @@ REVIEW_COLUMNS = ("distance", "candidate_a", "source_a", "origin_a", "member_a",
                   "origin_b", "member_b")
 
 
-def image_hashes(image: Image.Image) -> np.ndarray:
-    """The phash bits of the image at each zoom of ZOOMS, as (len(ZOOMS), HASH_SIZE**2 / 64) uint64 words."""
+def views() -> list[tuple[float, float, float]]:
+    """(zoom, x, y) of every view: the whole image first."""
+    return [(1.0, 0.5, 0.5)] + [(zoom, x, y) for zoom in EDGE_ZOOMS for x, y in ANCHORS] + \
+        [(zoom, 0.5, 0.5) for zoom in CENTRE_ZOOMS]
+
+
+VIEWS = views()
+
+
+def image_hashes(image: Image.Image, view_list=None) -> np.ndarray:
+    """The phash bits of each view of `views()`, as (views, HASH_SIZE**2 / 64) uint64 words."""
     import imagehash
 
     grey = image.convert("L")
     width, height = grey.size
     words = []
-    for zoom in ZOOMS:
+    for zoom, x, y in view_list or VIEWS:
         crop_w, crop_h = width / zoom, height / zoom
-        box = (round((width - crop_w) / 2), round((height - crop_h) / 2), round((width + crop_w) / 2),
-               round((height + crop_h) / 2))
+        left, top = (width - crop_w) * x, (height - crop_h) * y
+        box = (round(left), round(top), round(left + crop_w), round(top + crop_h))
         bits = imagehash.phash(grey.crop(box), hash_size=HASH_SIZE).hash.flatten()
         words.append(np.packbits(bits).view(">u8").astype(np.uint64))
     return np.stack(words)
@@ -80,24 +109,73 @@ def distances(hashes: np.ndarray, index: int) -> np.ndarray:
     return np.minimum(one, other)
 
 
-def _pairs_within(task: tuple[np.ndarray, range, int]) -> list[tuple[int, int, int]]:
-    """Worker: (i, j, distance) for rows i of the task and every later j, at most `limit` apart."""
-    hashes, numbers, limit = task
-    pairs = []
-    for number in numbers:
-        found = distances(hashes, number)
-        pairs.extend((number, number + 1 + int(offset), int(found[offset]))
-                     for offset in np.flatnonzero(found <= limit))
-    return pairs
+CHUNK_BITS = 16
 
 
-def near_pairs(hashes: np.ndarray, limit: int, workers: int | None = None) -> list[tuple[int, int, int]]:
-    """Every pair (i, j, distance), i < j, at most `limit` apart; rows dealt out in strides so each process
-    gets a like share of the triangle."""
-    tasks = max(1, min(len(hashes), 4 * resolve_workers(workers)))
-    found = pool_map(_pairs_within, [(hashes, range(start, len(hashes), tasks), limit) for start in range(tasks)],
-                     workers, "near-duplicate pairs")
-    return sorted(pair for pairs in found for pair in pairs)
+def _chunks(hashes: np.ndarray) -> np.ndarray:
+    """(..., words) uint64 -> (..., words * 64 / CHUNK_BITS) chunk values. Each chunk takes its bits from all over
+    the hash (a fixed shuffle): neighbouring phash bits (the low frequencies most of all) are alike across
+    dermoscopic images, and chunks of them would file many images under one value."""
+    bits = np.unpackbits(hashes.astype(">u8").view(np.uint8), axis=-1)  # (..., words * 64), most significant first
+    bits = bits[..., _shuffle(bits.shape[-1])].reshape(*bits.shape[:-1], -1, CHUNK_BITS)
+    return np.packbits(bits, axis=-1).view(">u2")[..., 0].astype(np.int64)
+
+
+def _shuffle(size: int) -> np.ndarray:
+    return np.random.default_rng(20261127).permutation(size)
+
+
+def near_pairs(hashes: np.ndarray, limit: int, workers: int | None = None,
+               batch: int = 2048) -> list[tuple[int, int, int]]:
+    """Every pair (i, j, distance), i < j, at most `limit` apart, found without comparing every pair.
+
+    Multi-index hashing (Norouzi et al.): every view of every image is filed under each of its 16-bit chunks. A
+    whole view within `limit` bits of another image's view differs from it in at most limit // chunks bits in
+    some chunk (pigeonhole), so looking each image's whole view up under each chunk's value and its variants
+    with that many bits flipped finds every such pair; only those candidates are compared in full. Exact (the
+    same pairs as comparing all), and the work grows with the number of images times the entries per bucket.
+    `workers` is accepted for the callers' sake; numpy does it in one process."""
+    count, view_count, words = hashes.shape
+    if count < 2:
+        return []
+    chunks = _chunks(hashes)  # (images, views, chunks)
+    chunk_count = chunks.shape[-1]
+    flips = limit // chunk_count
+    masks = np.array(sorted(sum(1 << bit for bit in combo) for k in range(flips + 1)
+                            for combo in combinations(range(CHUNK_BITS), k)), np.int64)
+    owner = np.repeat(np.arange(count), view_count)
+    flat = hashes.reshape(count * view_count, words)
+    found_a, found_b, found_d = [], [], []
+    for chunk in range(chunk_count):
+        keys = chunks[:, :, chunk].ravel()
+        order = np.argsort(keys, kind="stable")
+        offsets = np.zeros((1 << CHUNK_BITS) + 1, np.int64)
+        offsets[1:] = np.cumsum(np.bincount(keys, minlength=1 << CHUNK_BITS))
+        for first in range(0, count, batch):
+            queries = np.arange(first, min(count, first + batch))
+            probes = (chunks[queries, 0, chunk][:, None] ^ masks[None, :]).ravel()
+            starts, sizes = offsets[probes], offsets[probes + 1] - offsets[probes]
+            total = int(sizes.sum())
+            if not total:
+                continue
+            query = np.repeat(np.repeat(queries, len(masks)), sizes)
+            position = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes) + np.repeat(starts, sizes)
+            entry = order[position]
+            other = owner[entry]
+            distance = np.bitwise_count(flat[entry] ^ hashes[query, 0]).sum(axis=1)
+            keep = (other != query) & (distance <= limit)
+            a, b = np.minimum(query, other)[keep], np.maximum(query, other)[keep]
+            found_a.append(a)
+            found_b.append(b)
+            found_d.append(distance[keep])
+    if not found_a:
+        return []
+    a, b, d = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_d)
+    order = np.lexsort((d, b, a))
+    a, b, d = a[order], b[order], d[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return [(int(i), int(j), int(k)) for i, j, k in zip(a[first], b[first], d[first])]
 
 
 class _Groups:
@@ -122,7 +200,7 @@ def hashed_with() -> str:
 
     from .codedeps import code_version
 
-    return stable_hash({"code": code_version(__name__), "zooms": ZOOMS, "size": HASH_SIZE,
+    return stable_hash({"code": code_version(__name__), "views": VIEWS, "size": HASH_SIZE,
                         "imagehash": imagehash.__version__})[:12]
 
 
@@ -157,8 +235,8 @@ def dedupe(index_csv: Path, images_dir: Path, candidates_csv: Path, params: dict
         raise PipelineError(f"near-duplicates: cannot read {failed[0][0]}: {failed[0][1]}")
     cache.update((sha, data.hex()) for (sha, _), (_, data, _) in zip(todo, results))
     words = HASH_SIZE * HASH_SIZE // 64
-    hashes = np.stack([np.frombuffer(bytes.fromhex(cache[row["sha256"]]), np.uint64).reshape(len(ZOOMS), words)
-                       for row in rows]) if rows else np.zeros((0, len(ZOOMS), words), np.uint64)
+    hashes = np.stack([np.frombuffer(bytes.fromhex(cache[row["sha256"]]), np.uint64).reshape(len(VIEWS), words)
+                       for row in rows]) if rows else np.zeros((0, len(VIEWS), words), np.uint64)
     if cache_json is not None:
         current = {row["sha256"] for row in rows}
         atomic_write_bytes(Path(cache_json), json.dumps(

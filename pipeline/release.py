@@ -13,6 +13,18 @@
     release/manifest.csv                    every other file: sha256, size, split, image and lesion ID, label
 and a summary (counts per split and class) written beside it as a DVC metrics file.
 
+The folder is updated in place, never removed and rebuilt: an image already there with the right content is kept,
+a new or changed one is hard-linked from the standardised store (`linking.place`, a copy across devices) and
+checked against the sha256 the metadata stage recorded, and every file no longer in the release (and every
+folder left empty) is removed at the end, so the folder holds exactly what a clean build writes, byte for byte.
+Whether a present image is still right is known without reading it from a record kept beside the folder
+(`.<name>.state.json`, see `update_images`): its inode, size and mtime when it was last placed and checked. A
+rebuild after 1 % of the images changed links about 1 % of them; the small files (metadata, manifests, card,
+release.json) are written every time. The stage prints what it did (kept, linked, copied, removed).
+Under `dvc repro` the release folder is declared `persist: true` (dvc.yaml), else DVC would delete it before the
+stage runs; DVC then "unprotects" a persistent output first, turning each file that is a link into a private
+copy (see README, "Release linking"), which the record recognises by its bytes.
+
 Every manifest has the columns of schemas/manifest-row.schema.json; `ham verify` checks a release or one split
 against them. Same inputs -> same bytes: release.json carries no timestamp and no git revision, because the commit
 that holds dvc.lock cannot be known while `dvc repro` writes the outputs dvc.lock hashes. The git revision of a
@@ -21,13 +33,15 @@ release is its tag (`ham tag`), which records the manifest's sha256 in the tag m
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import sys
 from collections import Counter, defaultdict
 from importlib import metadata as package_metadata
 from pathlib import Path
+from stat import S_ISREG
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_file, stable_hash, write_csv
-from .integrity import copy_verified, make_readable
+from .integrity import RELEASE_MODE, copy_verified
 from .isic_export import isic_diagnoses, write_isic_outputs
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
@@ -52,19 +66,28 @@ def params_hashes(all_params: dict) -> dict:
 
 
 def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standardised_dir: Path, params: dict,
-                  release_dir: Path, summary_json: Path, all_params: dict | None = None) -> dict:
-    """`params` is the `release` section; `all_params` the whole params file, hashed into release.json."""
+                  release_dir: Path, summary_json: Path, all_params: dict | None = None,
+                  state_json: Path | None = None, report: dict | None = None) -> dict:
+    """`params` is the `release` section; `all_params` the whole params file, hashed into release.json.
+
+    Updates `release_dir` in place (see the module docstring); `state_json` is the placement record (default
+    `state_path`); `report`, when given, receives what was done: kept, rehashed, linked, copied, removed."""
     rows = read_csv(metadata_csv, HAM_COLUMNS)
     files = {r["image_id"]: r for r in read_csv(images_csv, ("image_id", "file", "sha256"))}
     hierarchy = isic_diagnoses(images_csv)  # image_id -> ISIC diagnosis node, for the ISIC outputs
     split_of = {r["lesion_id"]: r["split"] for r in read_csv(splits_csv, ("lesion_id", "split"))}
     release_dir = Path(release_dir)
-    if release_dir.exists():
-        shutil.rmtree(release_dir)
+    release_dir.mkdir(parents=True, exist_ok=True)
+    for old_manifest in [release_dir / "manifest.csv", *release_dir.glob("*/manifest.csv")]:
+        old_manifest.unlink(missing_ok=True)  # written last: no manifest vouches for a release half updated
     by_split = defaultdict(list)
     for row in rows:
         by_split[split_of[row["lesion_id"]]].append(row)
 
+    store = os.fspath(standardised_dir)
+    plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", f"{store}/{files[row['image_id']]['file']}",
+             files[row["image_id"]]["sha256"]) for row in rows]
+    placed = update_images(release_dir, plan, state_path(release_dir, state_json))
     manifest = []
     for split in SPLITS:
         if not by_split[split]:
@@ -72,18 +95,19 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
         split_manifest = []
         for row in by_split[split]:
             relative = f"images/{row['image_id']}.jpg"
-            # A hard link from the standardised store (a copy across devices), checked against the sha256 the
-            # metadata stage recorded: a corrupt file never reaches release/.
-            copy_verified(Path(standardised_dir) / files[row["image_id"]]["file"], release_dir / split / relative,
-                          files[row["image_id"]]["sha256"])
+            # The sha256 each image was checked against as it was placed (or when it was last placed, for one
+            # whose inode, size and mtime are unchanged since), and its size: images are not hashed again.
+            sha, size = placed["files"][f"{split}/{relative}"]
             split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
-                                   "lesion_id": row["lesion_id"], "dx": row["dx"]})
+                                   "lesion_id": row["lesion_id"], "dx": row["dx"], "sha256": sha, "bytes": size})
         write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
         split_manifest.append({"path": "metadata.csv", "split": split})
         for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
                                        params["isic_license"]):
             split_manifest.append({"path": name, "split": split})
-        fill_hashes(release_dir / split, split_manifest)
+        split_manifest = [e for e in split_manifest if "sha256" in e] + \
+            fill_hashes(release_dir / split, [e for e in split_manifest if "sha256" not in e])
+        split_manifest.sort(key=lambda e: e["path"])
         write_csv(release_dir / split / "manifest.csv", split_manifest, MANIFEST_COLUMNS)
         manifest += [{**entry, "path": f"{split}/{entry['path']}"} for entry in split_manifest]
         manifest.append({"path": f"{split}/manifest.csv", "split": split})
@@ -112,9 +136,124 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
         fill_hashes(release_dir, [entry for entry in manifest if "sha256" not in entry])
     manifest.sort(key=lambda e: e["path"])
     write_csv(release_dir / "manifest.csv", manifest, MANIFEST_COLUMNS)
-    make_readable(release_dir)
+    removed = remove_stale(release_dir, {entry["path"] for entry in manifest} | {"manifest.csv"}, placed["files"])
     atomic_write_bytes(Path(summary_json), (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    counts = {**placed["counts"], "other_files_written": len(manifest) - len(plan) + 1, "removed": removed}
+    print(f"release: {len(plan)} images: {counts['kept']} kept, {counts['linked']} linked, "
+          f"{counts['copied']} copied ({counts['rehashed']} re-hashed); {counts['other_files_written']} other files "
+          f"written, {removed} stale files removed", file=sys.stderr)
+    if report is not None:
+        report.update(counts)
     return summary
+
+
+STATE_VERSION = 1
+
+
+def state_path(release_dir: Path, state_json: Path | None = None) -> Path:
+    """Where the release's placement record lives: beside the release folder, never in it (the folder's bytes
+    are those of a clean build)."""
+    release_dir = Path(release_dir)
+    return Path(state_json) if state_json else release_dir.parent / f".{release_dir.name}.state.json"
+
+
+def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_json: Path) -> dict:
+    """Make release_dir/<path> hold the bytes of <source> (sha256 <sha>) for each (path, source, sha) of `plan`,
+    touching only what is missing or changed.
+
+    An image is kept without reading it when `state_json` records that it was placed from the same source with
+    that sha256 and its inode, device, size and mtime are still the ones recorded then: a write into the file
+    (through any of its links) changes its mtime, a replacement its inode, a truncation its size, as DVC's
+    own state and git's index rely on. A stat costs microseconds; hashing every kept image again would cost
+    about what building the release whole does. An image with no such record (a folder DVC removed and checked
+    out again, a copy `dvc unprotect` made) is hashed: kept when its bytes are right, else replaced. Everything
+    placed goes through `copy_verified` (a hard link from the store, else a copy, checked against the sha256).
+    Returns {"files": {path: (sha256, bytes)}, "counts": {"kept", "rehashed", "linked", "copied"}}."""
+    release_dir, state_json = Path(release_dir), Path(state_json)
+    try:
+        state = json.loads(state_json.read_text(encoding="utf-8"))
+        recorded = state["files"] if state.get("version") == STATE_VERSION else {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        recorded = {}
+    kept = rehashed = linked = copied = 0
+    files, record = {}, {}
+    base = os.fspath(release_dir)
+    # Plain strings and locals in this loop: it runs for every image on every run, and is all a rebuild costs
+    # for an image that did not change.
+    for path, source, sha in plan:
+        target = f"{base}/{path}"
+        source = source if isinstance(source, str) else os.fspath(source)
+        try:
+            stat = os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
+            stat = None
+        if stat is not None and not S_ISREG(stat.st_mode):
+            stat = None  # a symlink or a folder in an image's place: replaced
+        entry = None if stat is None else [sha, source, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
+        if entry is not None and recorded.get(path) == entry:
+            kept += 1
+        elif stat is not None and _sha256_or_none(target) == sha:
+            kept += 1  # no record (a copy `dvc unprotect` made, a link DVC re-made): right bytes, kept
+            rehashed += 1
+        else:
+            # A hard link from the standardised store (a copy across devices), checked against the sha256 the
+            # metadata stage recorded: a corrupt file never reaches release/.
+            copy_verified(Path(source), Path(target), sha)
+            stat = os.lstat(target)
+            if stat.st_nlink > 1:
+                linked += 1
+            else:
+                copied += 1
+            entry = None
+        if stat.st_mode & 0o7777 != RELEASE_MODE:
+            os.chmod(target, RELEASE_MODE)
+        files[path] = (sha, stat.st_size)
+        record[path] = entry or [sha, source, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
+    if record != recorded:
+        atomic_write_bytes(state_json, json.dumps({"version": STATE_VERSION, "files": record},
+                                                  separators=(",", ":")).encode())
+    return {"files": files, "counts": {"kept": kept, "rehashed": rehashed, "linked": linked, "copied": copied}}
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def remove_stale(release_dir: Path, keep: set[str], checked: set[str] | dict = frozenset()) -> int:
+    """Remove every file under release_dir whose relative path is not in `keep` (an older release's images, a
+    temporary file of a killed run) and every folder left empty; give what stays mode 0644 (folders 0755)
+    where it has another, except the files in `checked` (their mode was just seen to, by `update_images`).
+    Returns how many files were removed."""
+    removed = 0
+
+    def walk(folder: str, prefix: str) -> bool:  # True when the folder is left empty
+        nonlocal removed
+        left = 0
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                relative = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if walk(entry.path, relative + "/"):
+                        os.rmdir(entry.path)
+                        continue
+                    if entry.stat(follow_symlinks=False).st_mode & 0o7777 != 0o755:
+                        os.chmod(entry.path, 0o755)
+                elif relative not in keep:
+                    os.unlink(entry.path)
+                    removed += 1
+                    continue
+                elif relative not in checked and entry.stat(follow_symlinks=False).st_mode & 0o7777 != RELEASE_MODE:
+                    os.chmod(entry.path, RELEASE_MODE)
+                left += 1
+        return left == 0
+
+    walk(os.fspath(release_dir), "")
+    if os.stat(release_dir).st_mode & 0o7777 != 0o755:
+        os.chmod(release_dir, 0o755)
+    return removed
 
 
 def fill_hashes(folder: Path, entries: list[dict]) -> list[dict]:

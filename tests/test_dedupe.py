@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pipeline.common import read_csv
-from pipeline.dedupe import ZOOMS, _hash_file, dedupe, distances, near_pairs
+from pipeline.dedupe import VIEWS, _hash_file, dedupe, distances, near_pairs
 from pipeline.ingest import ingest
 from pipeline.standardise import standardise, standardise_image
 
@@ -34,7 +34,7 @@ def real_images(ham_data) -> list[Path]:
 def _hashes(paths) -> np.ndarray:
     found = [_hash_file(str(p)) for p in paths]
     assert not any(error for _, _, error in found)
-    return np.stack([np.frombuffer(data, np.uint64).reshape(len(ZOOMS), -1) for _, data, _ in found])
+    return np.stack([np.frombuffer(data, np.uint64).reshape(len(VIEWS), -1) for _, data, _ in found])
 
 
 def _encoded(image: Image.Image, **options) -> bytes:
@@ -67,6 +67,10 @@ def test_real_images_none_joined_copies_caught(tmp_path, real_images, ham_data):
                   "small": _encoded(image.resize((400, 300), Image.LANCZOS), format="JPEG", quality=90),
                   "large": _encoded(image.resize((1600, 1200), Image.LANCZOS), format="JPEG", quality=90),
                   "crop5": _encoded(image.crop((30, 22, w - 30, h - 22)), format="JPEG", quality=90)}
+        side = (number // 10) % 4  # 3 % off one side (18 or 14 pixels), the four sides in turn
+        box = [0, 0, w, h]
+        box[side] += (18, 14, -18, -14)[side]
+        copies["crop3_one_side"] = _encoded(image.crop(tuple(box)), format="JPEG", quality=90)
         for kind, data in copies.items():
             path = tmp_path / f"{kind}.jpg"
             path.write_bytes(standardise_image(Image.open(io.BytesIO(data))))
@@ -78,6 +82,27 @@ def test_real_images_none_joined_copies_caught(tmp_path, real_images, ham_data):
     for kind in ("q50", "png", "small", "large"):
         assert caught[kind] >= 0.95 * tried[kind], (kind, caught[kind], tried[kind])
     assert caught["crop5"] >= 0.8 * tried["crop5"], caught
+    assert caught["crop3_one_side"] >= 0.8 * tried["crop3_one_side"], caught
+
+
+def test_index_finds_exactly_the_pairs_that_comparing_all_finds():
+    """`near_pairs` (multi-index hashing) against every pair compared, on random hashes with planted neighbours at
+    distances around both thresholds, and with flips in every chunk."""
+    rng = np.random.default_rng(7)
+    count, views = 300, len(VIEWS)
+    hashes = rng.integers(0, 2**63, size=(count, views, 4), dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    hashes ^= rng.integers(0, 2, size=(count, views, 4), dtype=np.int64).astype(np.uint64)
+    for number in range(0, count - 1, 3):  # the next image's view k is this one's whole view with d bits flipped
+        distance, view = int(rng.integers(0, 40)), int(rng.integers(0, views))
+        bits = rng.choice(256, size=distance, replace=False)
+        planted = hashes[number, 0].copy()
+        for bit in bits:
+            planted[bit // 64] ^= np.uint64(1) << np.uint64(bit % 64)
+        hashes[number + 1, view] = planted
+    for limit in (0, 10, 15, 16, 30, 31, 40):
+        every = [(i, i + 1 + int(o), int(d)) for i in range(count) for o, d in enumerate(distances(hashes, i))
+                 if d <= limit]
+        assert near_pairs(hashes, limit) == sorted(every), limit
 
 
 def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, real_images):

@@ -4,6 +4,7 @@ right sha256 and size of every file, summary counts, and determinism."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -202,3 +203,116 @@ def test_summary_reads_summaries_and_refuses_a_csv_in_one_line(tmp_path, inputs)
     result = runner.invoke(main, ["summary", str(tmp_path / "release" / "manifest.csv")])
     assert result.exit_code == 1 and result.exception.__class__ is SystemExit
     assert len(result.output.strip().splitlines()) == 1 and "not a release summary" in result.output
+
+
+def _reencode(path: Path) -> None:
+    """Replace a standardised image with another encoding of it (new bytes, same picture), as a re-run of the
+    standardise stage with another recipe would."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.common import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.save(buffer, format="JPEG", quality=70)
+    atomic_write_bytes(path, buffer.getvalue())  # a new file, as the store writes: never through a release link
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_rebuild_in_place_touches_only_what_changed_and_equals_a_clean_build(tmp_path, inputs):
+    """Build; change two images and drop one lesion; rebuild in place: only the changed images are linked, the
+    dropped one and a stray file are removed (with their empty folder), a damaged release copy is found by its
+    stamp and replaced, and the folder is byte for byte what a clean build of the changed inputs writes."""
+    root = tmp_path / "inputs"
+    shutil.copytree(inputs["root"], root)
+    first = {}
+    build_release(root / "metadata.csv", root / "images.csv", root / "splits.csv", root / "standardised", PARAMS,
+                  tmp_path / "release", tmp_path / "summary.json", report=first)
+    rows = read_csv(root / "images.csv")
+    assert first["linked"] == len(rows) and first["kept"] == 0
+    assert (tmp_path / ".release.state.json").is_file() and not (tmp_path / "release" / ".release.state.json").exists()
+
+    # A second build of the same inputs places nothing and reads no image.
+    again = {}
+    build_release(root / "metadata.csv", root / "images.csv", root / "splits.csv", root / "standardised", PARAMS,
+                  tmp_path / "release", tmp_path / "summary.json", report=again)
+    assert (again["kept"], again["rehashed"], again["linked"], again["removed"]) == (len(rows), 0, 0, 0)
+
+    # The change: two images re-standardised (new bytes, their sha256 updated), one lesion's images dropped.
+    for row in rows[:2]:
+        _reencode(root / "standardised" / row["file"])
+        row["sha256"] = sha256_file(root / "standardised" / row["file"])
+    write_csv(root / "images.csv", rows, list(rows[0]))
+    metadata = read_csv(root / "metadata.csv")
+    dropped = metadata[-1]["lesion_id"]
+    dropped_images = {r["image_id"] for r in metadata if r["lesion_id"] == dropped}
+    write_csv(root / "metadata.csv", [r for r in metadata if r["lesion_id"] != dropped], METADATA_COLUMNS)
+    release = tmp_path / "release"
+    stray = release / "val" / "images" / "ISIC_9999999.jpg"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"left over from an older release")
+    # A release image made a private copy (as `dvc unprotect` does), then damaged in place, same size.
+    kept_row = next(r for r in rows[2:] if r["image_id"] not in dropped_images)
+    split_of = {r["lesion_id"]: r["split"] for r in read_csv(root / "splits.csv")}
+    damaged = release / split_of[kept_row["lesion_id"]] / "images" / f"{kept_row['image_id']}.jpg"
+    data = bytearray(damaged.read_bytes())
+    damaged.unlink()
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    report = {}
+    build_release(root / "metadata.csv", root / "images.csv", root / "splits.csv", root / "standardised", PARAMS,
+                  release, tmp_path / "summary.json", report=report)
+    remaining = len(rows) - len(dropped_images)
+    assert report["linked"] == 3 and report["copied"] == 0  # the two changed images and the damaged copy
+    assert report["kept"] == remaining - 3 and report["rehashed"] == 0
+    assert report["removed"] == len(dropped_images) + 1 and not (release / "val").exists()
+    assert damaged.read_bytes() == (root / "standardised" / kept_row["file"]).read_bytes()
+
+    clean = {}
+    build_release(root / "metadata.csv", root / "images.csv", root / "splits.csv", root / "standardised", PARAMS,
+                  tmp_path / "clean" / "release", tmp_path / "clean" / "summary.json", report=clean)
+    assert clean["linked"] == remaining
+    in_place, fresh = _tree(release), _tree(tmp_path / "clean" / "release")
+    assert sorted(in_place) == sorted(fresh)
+    assert [name for name in fresh if in_place[name] != fresh[name]] == []
+    assert {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_dir()} == \
+        {p.relative_to(tmp_path / "clean" / "release").as_posix() for p in (tmp_path / "clean" / "release").rglob("*")
+         if p.is_dir()}
+
+
+def test_an_image_without_a_record_is_checked_by_its_bytes(tmp_path, inputs):
+    """The state record lost (or the images copied, as `dvc unprotect` does): right bytes are kept after one read,
+    no link is made; a file damaged in place behind an intact record (same inode, new mtime) is replaced."""
+    build(inputs, tmp_path)
+    release = tmp_path / "release"
+    images = sorted(release.glob("*/images/*.jpg"))
+    for image in images[:3]:  # private copies: new inode, nothing recorded for them
+        data = image.read_bytes()
+        image.unlink()
+        image.write_bytes(data)
+    report = {}
+    build_release(inputs["root"] / "metadata.csv", inputs["root"] / "images.csv", inputs["root"] / "splits.csv",
+                  inputs["root"] / "standardised", PARAMS, release, tmp_path / "summary.json", report=report)
+    assert (report["kept"], report["rehashed"], report["linked"]) == (len(images), 3, 0)
+    assert all(image.stat().st_nlink == 1 for image in images[:3])
+
+    with open(images[0], "r+b") as handle:  # damaged in place, same inode and size: only the mtime tells
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    stamp = images[0].stat()
+    os.utime(images[0], ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))  # coarse clocks: a later mtime
+    report = {}
+    build_release(inputs["root"] / "metadata.csv", inputs["root"] / "images.csv", inputs["root"] / "splits.csv",
+                  inputs["root"] / "standardised", PARAMS, release, tmp_path / "summary.json", report=report)
+    assert (report["linked"], report["rehashed"]) == (1, 0)
+    assert images[0].stat().st_nlink > 1
+    manifest = {m["path"]: m["sha256"] for m in read_csv(release / "manifest.csv")}
+    assert sha256_file(images[0]) == manifest[images[0].relative_to(release).as_posix()]
