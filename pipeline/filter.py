@@ -20,7 +20,6 @@ appended batch by batch, so a new batch of candidates is scored alone and a kill
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from .annotations import IMAGE_TYPES, read_annotations_if_any
 from .common import PipelineError, read_csv, stable_hash, write_csv
 from .codedeps import code_version
 from .executors import LOCAL, Compute, run_map
-from .filter_model import (ImageTypeNet, exact_float32, load_model, load_pixels, model_hash, pick_device,
+from .filter_model import (exact_float32, load_model, load_pixels, model_from_bytes, model_hash, pick_device,
                            predict_batch)
 from .stores import LocalStore, open_store, open_url
 
@@ -90,11 +89,8 @@ def _score_batch(task: tuple, model_bytes: bytes) -> tuple[list[int], list[tuple
             return indices, [scored[candidate_id] for candidate_id in ids]
     if key not in _MODELS:
         device = pick_device(device_name)
-        checkpoint = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
-        model = ImageTypeNet(checkpoint["meta"]["width"], checkpoint["meta"].get("blocks", 1))
-        model.load_state_dict(checkpoint["state_dict"])
         exact_float32(device)
-        _MODELS[key] = (model.to(device).eval(), device)
+        _MODELS[key] = (model_from_bytes(model_bytes, device)[0], device)
     model, device = _MODELS[key]
     dataset = CandidateImages(urls, size, options)
     batch = torch.stack([dataset[i][0] for i in range(len(urls))])

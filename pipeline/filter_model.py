@@ -224,7 +224,13 @@ def load_model(path: Path, device: torch.device, fold: bool = True) -> tuple[Ima
     """The network in eval mode; `fold` (for inference) folds its batch norms, and such a model is not saved."""
     if not Path(path).exists():
         raise PipelineError(f"{path}: model not found; run `ham train-filter` (or `dvc repro`) first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return model_from_bytes(Path(path).read_bytes(), device, fold)
+
+
+def model_from_bytes(data: bytes, device: torch.device, fold: bool = True) -> tuple[ImageTypeNet, dict]:
+    """A saved model file's bytes -> the network (as `load_model`) and its meta: the one way every scoring path,
+    local or on a cluster's worker, builds the network, so they compute the same floats."""
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     meta = checkpoint["meta"]
     model = ImageTypeNet(meta["width"], meta.get("blocks", 1))
     model.load_state_dict(checkpoint["state_dict"])

@@ -33,7 +33,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,6 +44,7 @@ from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha256_bytes, stable_hash, write_csv
 from .imaging import to_rgb
 from .executors import LOCAL, Compute, run_map
+from .parallel import resolve_workers
 from .integrity import matches
 from .sources import ITEM_FIELDS, Reject, Unit
 from .stores import LocalStore, open_store
@@ -166,15 +168,18 @@ def check_image(data: bytes, max_pixels: int | Limits) -> CheckedImage:
 
 
 AHEAD = 256  # elements read ahead of taking them, on a cluster: one map of their new images
+LOCAL_AHEAD = 32  # the same on this machine's process pool: few enough that their bytes stay small in memory
 
 
 def _vet(task: tuple) -> CheckedImage | str:
-    """Cluster task: `check_image` of one image's bytes; the reason (str) where it is rejected."""
+    """Pool or cluster task: `check_image` of one image's bytes; the reason (str) where it is rejected. An image
+    stored as it came (most are) comes back without its bytes, which the caller holds already."""
     data, limits = task
     try:
-        return check_image(data, limits)
+        checked = check_image(data, limits)
     except BadImage as error:
         return str(error)
+    return replace(checked, stored=None) if checked.stored is data else checked
 
 
 def _load_object_index(objects_dir: Path, checked_with: str, store=None) -> dict[str, dict]:
@@ -327,26 +332,35 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         return take(name, kind, sha256_bytes(element.data), element.origin, element.member, fields, element.data)
 
     compute = compute or LOCAL
-    vetting = compute.executor != "local"
+    cluster = compute.executor != "local"
+    # Vetting decodes every new image, the bulk of ingest's work: on more than one core a pool of processes (kept
+    # for the whole run) vets each group of images ahead while this process reads, hashes and files them in order.
+    pool_size = 1 if cluster else resolve_workers(compute.workers)
+    pool = ProcessPoolExecutor(pool_size) if pool_size > 1 else None
+    vetting = cluster or pool is not None
     vetted: dict[str, CheckedImage | str] = {}
 
     def vet_ahead(items: list) -> None:
         """The images of `items` not known yet (not in the object store, not a candidate already), vetted on the
-        cluster in one map; their outcomes in `vetted` for `take`."""
+        pool or the cluster in one map; their outcomes in `vetted` for `take`."""
         todo = {}
         for item in items:
             candidate_id = sha256_bytes(item.data)
             if candidate_id not in cache and candidate_id not in candidates:
                 todo.setdefault(candidate_id, item.data)
-        outcomes = run_map(_vet, [(data, limits) for data in todo.values()], compute, "vet")
-        vetted.update(zip(todo, outcomes))
+        tasks = [(data, limits) for data in todo.values()]
+        outcomes = (pool.map(_vet, tasks, chunksize=max(1, len(tasks) // (4 * pool_size))) if pool
+                    else run_map(_vet, tasks, compute, "vet"))
+        for (candidate_id, data), outcome in zip(todo.items(), outcomes):
+            vetted[candidate_id] = (replace(outcome, stored=data)
+                                    if isinstance(outcome, CheckedImage) and outcome.stored is None else outcome)
 
     def replayable(entries: list | None) -> bool:
         # Every image the unit gave must still be in the object store; else read the unit again.
         return entries is not None and all("reason" in e or e["sha256"] in cache for e in entries)
 
     names = [config.get("name") for config in source_configs]
-    for position, config in enumerate(source_configs):
+    def read_source(position: int, config: dict) -> None:
         name, kind, path = config.get("name"), config.get("kind"), config.get("path")
         if not name or not kind or not path:
             raise PipelineError(f"params.yaml: ingest.sources[{position}] needs name, kind and path")
@@ -392,29 +406,41 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
 
         # Locally each element is taken as it comes. On a cluster, AHEAD elements are read first (the units the
         # read cache cannot replay), their new images vetted in one map on the workers, then taken in order.
-        chunk: list = []
+        # Without a pool each element is taken as it comes. With one (or a cluster), up to LOCAL_AHEAD (AHEAD)
+        # elements are prepared first: a unit the read cache cannot replay is read as it arrives, while the reader
+        # still holds its archive or deck open; then the new images among them are vetted in one map, and all are
+        # taken in order.
+        prepared: list = []
+
+        def prepare(element) -> None:
+            outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
+            read_now = (vetting and not outside and isinstance(element, Unit)
+                        and not replayable(reads.old.get(stable_hash([kind, reader_version, element.stamp]))))
+            prepared.append((element, outside, list(element.read()) if read_now else None))
 
         def drain() -> None:
-            prepared = []
-            for element in chunk:
-                outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
-                read_now = (vetting and not outside and isinstance(element, Unit)
-                            and not replayable(reads.old.get(stable_hash([kind, reader_version, element.stamp]))))
-                prepared.append((element, outside, list(element.read()) if read_now else None))
             if vetting:
                 vet_ahead([item for element, outside, results in prepared if not outside
                            for item in (results if results is not None else [element])
                            if not isinstance(item, (Reject, Unit))])
             for element, outside, results in prepared:
                 apply(element, outside, results)
-            chunk.clear()
+            prepared.clear()
             vetted.clear()
 
         for element in progress(read(root, options), f"ingest {name}"):
-            chunk.append(element)
-            if len(chunk) >= (AHEAD if vetting else 1):
+            prepare(element)
+            if len(prepared) >= (AHEAD if cluster else LOCAL_AHEAD if pool else 1):
                 drain()
         drain()
+        drain()
+
+    try:
+        for position, config in enumerate(source_configs):
+            read_source(position, config)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
 
     conflicts = {cid: reason for cid, rows in seen_rows.items() if (reason := _label_conflict(rows))}
     if conflicts:
