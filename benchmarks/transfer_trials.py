@@ -2,7 +2,7 @@
 on free ports of 127.0.0.1), interrupted mid-transfer by SIGKILL, then run again; the result must be complete and
 byte-identical.
 
-    python -m benchmarks.transfer_trials --trials 8 --seed 1 [--images 300] [--scale 2] [--workdir DIR]
+    python -m benchmarks.transfer_trials --trials 10 --seed 1 [--images 300] [--scale 2] [--workdir DIR]
 
 Set-up (under --workdir or a temporary folder; HOME is a folder there, so no user config is read): a git + DVC
 repository whose `release` stage runs `build_release` on `--images` real HAM10000 images from $HAM_DATA (default
@@ -10,7 +10,7 @@ repository whose `release` stage runs `build_release` on `--images` real HAM1000
 more), with an S3 remote on the server as its committed default. A first push to a reference prefix gives the
 release every pull trial reads.
 
-Four kinds of trial, cycled; each kills at a seeded share (10-90 %) of the transfer, measured as it goes:
+Five kinds of trial, cycled; each kills at a seeded share (10-90 %) of the transfer, measured as it goes:
 - `push:server`: `dvc push` to an empty prefix; the server's data folder is watched and once it has grown by
   the share of the release's bytes, the `weed` process is killed (SIGKILL, its whole process group). The
   interrupted push is left to fail (or killed after --stall seconds), the server restarted on the same data
@@ -18,11 +18,15 @@ Four kinds of trial, cycled; each kills at a seeded share (10-90 %) of the trans
 - `push:client`: the same, but the `dvc push` process group is killed instead; then `dvc push` again.
 - `pull:server`: `dvc pull` into a fresh clone with an empty cache from the reference prefix; once the clone's
   cache holds the share of the release's objects, `weed` is killed; restarted; `dvc pull` again.
-- `pull:client`: the same, killing `dvc pull`; then `dvc pull` again.
+- `pull:client`: the same, killing `dvc pull` while it downloads; then `dvc pull` again.
+- `pull:checkout`: `dvc pull` killed once the clone's release/ holds the share of its files (download done, DVC
+  placing files from its cache into the workspace).
 A push trial passes when the second push exits 0, `dvc status -c` is clean, and a fresh clone with an empty cache
 pulls the release from that prefix, `ham verify release` passes and every file of it is byte-identical to the
-maintainer's. A pull trial passes when the second pull exits 0, `ham verify release` passes in the clone and the
-release is byte-identical (sha256 of every file) to the maintainer's. Each trial records how far the interrupted
+maintainer's. After a pull trial's kill the README's steps run: `dvc pull` again and `ham verify release`; if either
+fails, `dvc pull --force` and `ham verify release` again (`forced` in the outcome). It passes when the last pull
+exits 0, `ham verify release` passes in the clone and the release is byte-identical (sha256 of every file) to the
+maintainer's. Each trial records how far the interrupted
 transfer had got (remote objects missing after the kill, or objects already in the clone's cache).
 Prints one line per trial and a summary; `--json FILE` writes the outcomes.
 """
@@ -56,7 +60,7 @@ VENV_BIN = Path(sys.executable).parent
 WEED = shutil.which("weed") or (str(VENV_BIN / "weed") if (VENV_BIN / "weed").exists() else None)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
 BUCKET = "ham10000"
-KINDS = ("push:server", "push:client", "pull:server", "pull:client")
+KINDS = ("push:server", "push:client", "pull:server", "pull:client", "pull:checkout")
 
 
 def free_ports(count: int) -> list[int]:
@@ -164,9 +168,12 @@ def release_fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def count_files(folder: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
 def cache_objects(repo: Path) -> int:
-    folder = repo / ".dvc" / "cache" / "files" / "md5"
-    return sum(len(files) for _, _, files in os.walk(folder)) if folder.is_dir() else 0
+    return count_files(repo / ".dvc" / "cache" / "files" / "md5")
 
 
 class Bench:
@@ -272,7 +279,8 @@ class Bench:
         status = sh(["dvc", "status", "-c"], self.repo, self.env, check=False)
         clone = self.clone(prefix)
         pulled = sh(["dvc", "pull"], clone, self.env, check=False)
-        outcome = {"interrupted": attempt, "remote_objects_after_kill": f"{on_remote}/{self.objects}", "resume_exit": resumed.returncode,
+        outcome = {"interrupted": attempt, "remote_objects_after_kill": f"{on_remote}/{self.objects}",
+                   "resume_exit": resumed.returncode,
                    "status_clean": status.returncode == 0 and "in sync" in status.stdout,
                    "fresh_pull_exit": pulled.returncode, **self.verified_clone(clone)}
         shutil.rmtree(clone)
@@ -281,19 +289,30 @@ class Bench:
 
     def pull_trial(self, trial: int, victim: str, share: float, stall: float) -> dict:
         clone = self.clone("reference")
-        target = max(1, round(share * self.objects))
-        attempt = self.interrupted(["dvc", "pull"], clone, victim, lambda: cache_objects(clone) >= target, stall)
+        if victim == "checkout":  # the client, once the download is done and the release is being placed
+            target = max(1, round(share * len(self.expected)))
+            attempt = self.interrupted(["dvc", "pull"], clone, "client",
+                                       lambda: count_files(clone / "release") >= target, stall)
+        else:
+            target = max(1, round(share * self.objects))
+            attempt = self.interrupted(["dvc", "pull"], clone, victim, lambda: cache_objects(clone) >= target, stall)
         in_cache = cache_objects(clone)
+        placed = count_files(clone / "release")
         if victim == "server":
             self.server.start()
+        # The README's steps after an interrupted pull: `dvc pull` again and `ham verify release`; if either
+        # fails, `dvc pull --force` (DVC refuses to replace a partial copy it left in the workspace) and verify.
         resumed = sh(["dvc", "pull"], clone, self.env, check=False)
+        checked = self.verified_clone(clone)
         outcome = {"interrupted": attempt, "cache_objects_after_kill": f"{in_cache}/{self.objects}",
-                   "resume_exit": resumed.returncode, "resume_tail": resumed.stdout[-300:] + resumed.stderr[-300:],
-                   **self.verified_clone(clone)}
-        if outcome["resume_exit"] == 0 and not outcome["identical"]:
-            # What a user would do on a failed `ham verify`: the README's recovery step.
-            sh(["dvc", "pull", "--force"], clone, self.env, check=False)
-            outcome["after_force_pull"] = self.verified_clone(clone)
+                   "release_files_after_kill": f"{placed}/{len(self.expected)}", "pull_again_exit": resumed.returncode,
+                   "pull_again_tail": (resumed.stdout + resumed.stderr)[-300:] if resumed.returncode else "",
+                   "verify_after_pull_again": checked["verify"], "forced": False}
+        if resumed.returncode or checked["verify_exit"] or not checked["identical"]:
+            forced = sh(["dvc", "pull", "--force"], clone, self.env, check=False)
+            outcome["forced"] = True
+            resumed, checked = forced, self.verified_clone(clone)
+        outcome.update({"resume_exit": resumed.returncode, **checked})
         shutil.rmtree(clone)
         return outcome
 
@@ -318,7 +337,7 @@ def run_trial(bench: Bench, trial: int, kind: str, share: float, stall: float) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--images", type=int, default=300, help="real images in the release")
     parser.add_argument("--scale", type=int, default=2, help="upscale factor of the real images")
@@ -345,8 +364,10 @@ def main() -> int:
     finally:
         bench.close()
     ok = sum(o["passed"] for o in outcomes)
+    forced = sum(o.get("forced", False) for o in outcomes)
     print(f"{ok}/{len(outcomes)} interrupted transfers resumed to a complete, verified, byte-identical release "
-          f"(kinds: {', '.join(KINDS)}; release {bench.release_bytes / 1e6:.1f} MB, {bench.objects} objects)")
+          f"(kinds: {', '.join(KINDS)}; release {bench.release_bytes / 1e6:.1f} MB, {bench.objects} objects); "
+          f"{forced} pull(s) needed `dvc pull --force` after a plain `dvc pull`")
     if args.json:
         args.json.write_text(json.dumps({"push_seconds": bench.push_seconds, "outcomes": outcomes}, indent=2))
     return 0 if ok == len(outcomes) else 1
