@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import hashlib
 import json
 import os
@@ -238,6 +239,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="filter.epochs in the trial repository")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--targets", default=None, help="comma-separated kinds (e.g. ingest:lock) to cycle over "
+                        "instead of all of them")
     args = parser.parse_args()
     data = Path(os.environ.get("HAM_DATA", REPO.parent / "shared" / "data"))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fault-trials-"))
@@ -249,6 +252,7 @@ def main() -> int:
         print(reference["output"])
         return 1
     expected = fingerprint(repo)
+    expected_lock = (repo / "dvc.lock").read_text()
     seconds = durations(reference["events"], reference["seconds"])
     print(f"reference run: {reference['seconds']:.1f} s; " +
           ", ".join(f"{s} {seconds.get(s, 0):.1f} s" for s in STAGES), flush=True)
@@ -257,6 +261,8 @@ def main() -> int:
     totals = {stage: count_files(repo / folder) for stage, folder in AIMED.items()}
     kinds = [(stage, phase) for phase in ("run", "lock") for stage in STAGES]
     kinds += [(stage, "run") for stage in EXTRA_RUNS]
+    if args.targets:
+        kinds = [tuple(target.split(":")) for target in args.targets.split(",")]
     outcomes = []
     for trial in range(args.trials):
         rng = random.Random(args.seed * 1000 + trial)
@@ -292,6 +298,9 @@ def main() -> int:
         }
         if recovery["code"]:
             outcome["recovery_tail"] = recovery["output"][-600:]
+        if "dvc.lock" in differing:
+            outcome["dvc_lock_diff"] = "".join(difflib.unified_diff(
+                expected_lock.splitlines(True), (repo / "dvc.lock").read_text().splitlines(True), n=1))[:3000]
         outcome["passed"] = outcome["identical"] and outcome["status_clean"] and outcome["manifest_ok"]
         outcomes.append(outcome)
         print(json.dumps(outcome), flush=True)

@@ -36,7 +36,7 @@ def bench(ham_data, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_interrupted_transfer_resumes_to_a_verified_identical_release(bench, kind):
-    outcome = run_trial(bench, KINDS.index(kind), kind, share=0.3, stall=90)
+    outcome = run_trial(bench, KINDS.index(kind), kind, share=0.3, stall=60)
     attempt = outcome["interrupted"]
     assert attempt["killed_at_s"] is not None, f"the transfer finished before the kill: {outcome}"
     # The kill landed mid-transfer: part of the release had moved (or been placed), not all of it.
