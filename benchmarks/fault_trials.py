@@ -28,8 +28,9 @@ or `dvc.lock` left half-written by the kill is removed or restored from git) and
 when it succeeds, the fingerprint equals the reference, `dvc status` is clean and every file under release/
 matches the manifest (`ham verify`). dvc.lock is compared as data: a kill in DVC's rewrite of it can cut it at the
 end of a stage's entry (still readable, so not repaired); DVC then writes the lost entries back at the end, the
-same entries in another order, reported as `lock_reordered` with the stages the lock held after the kill. The first 16 trials cover the 8 stages x {run, lock}; later ones aim
-inside standardise, release, ingest, filter, train_filter, metadata, split, collect_annotated in turn.
+same entries in another order, reported as `lock_reordered` with the stages the lock held after the kill.
+The first 16 trials cover the 8 stages x {run, lock}; later ones aim inside standardise, release, ingest, filter,
+train_filter, metadata, split, collect_annotated in turn (`--targets ingest:lock,...`: only those kinds).
 Prints one line per trial and a summary; `--json FILE` writes the outcomes.
 """
 from __future__ import annotations
