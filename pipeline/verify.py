@@ -4,7 +4,10 @@ PATH is a folder holding `manifest.csv` (the release, or a split fetched alone w
 or the manifest file itself. Every listed file must exist with the listed size and sha256; every file in the
 folder must be listed (the manifest itself excepted). A split folder inside a release is checked against its own
 manifest. Returns the problems, each naming the file: missing, altered (size or hash), extra; an unreadable or
-malformed manifest is one problem naming the file and row.
+malformed manifest is one problem naming the file and row. An extra file named as DVC names its temporary copies
+(`.<22 characters>.tmp`) is a partial copy left by a `dvc pull` / `dvc checkout` killed while placing files: a
+plain `dvc pull` then refuses to go on ("Can't remove the following unsaved files"), and the problem says to run
+`dvc pull --force`.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .common import sha256_file
 MANIFEST = "manifest.csv"
 REQUIRED = ("path", "sha256", "bytes")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DVC_PARTIAL = re.compile(r"^\.[A-Za-z0-9_-]{22}\.tmp$")  # dvc_objects' tmp_fname(): "." + token_urlsafe(16) + ".tmp"
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,9 @@ def verify(path: Path, hashes: bool = True) -> Report:
     for file in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         relative = file.relative_to(folder).as_posix()
         if relative != MANIFEST and relative not in listed:
-            problems.append(Problem("extra", relative, "not in the manifest"))
+            partial = DVC_PARTIAL.match(file.name)
+            problems.append(Problem("extra", relative, "a partial copy left by an interrupted dvc pull or checkout: "
+                                    "run `dvc pull --force`" if partial else "not in the manifest"))
     header = None
     if (folder / "release.json").is_file():
         import json
