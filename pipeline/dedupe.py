@@ -1,27 +1,29 @@
 """Near-duplicates across all sources, found on the standardised images (part of stage `standardise`).
 
-Every standardised image gets perceptual hashes: `imagehash.phash` with 256 bits (hash_size 16) of 29 views: the
+Every standardised image gets perceptual hashes: the phash of `imagehash` (256 bits, hash_size 16: the image
+resampled to 64x64 grey, its 2-D DCT, the lowest 16x16 coefficients against their median) of 29 views: the
 whole image; windows at zooms 1.03 to 1.075 (1.5 % steps) at the centre and anchored at each edge; and centred
 windows at zooms 1.09 to 1.195. A copy cropped on every side is a centred window of the original, one cropped on
 one side (after standardise's cover resize and centre crop) a window anchored at the opposite edge, so one of the
 views lines up with the copy's whole image. The distance of two images is the smallest Hamming distance between
 one's whole view and any view of the other. Images at most `dedupe.max_distance` apart (and images with identical
 standardised bytes) are joined into groups (transitively); pairs further apart but within
-`dedupe.review_distance` go to a review list for a person to look at. `imagehash` rather than our own DCT code:
-it is the maintained reference phash.
+`dedupe.review_distance` go to a review list for a person to look at. The phash is computed here, for all the
+views at once (`image_hashes`: each window resampled straight from a quarter-scale JPEG decode through a
+fractional box, one DCT call for the 29 views), rather than by calling `imagehash.phash` per cropped view: with
+29 views a image the per-call crop, resample and DCT were the stage's largest cost. Side by side on the 490 real
+images (`python -m benchmarks.bench_dedupe`, same load): 17.4 s with imagehash per view at half-scale decoding,
+8.6 s this way.
 
 Measured on the 490 real HAM10000 images of ../shared/data (`python -m benchmarks.bench_dedupe`), copies of every
 5th (98) run through standardise_image, at max_distance 10: re-encoded (JPEG quality 50/75, PNG) and resized
-(400x300, 1600x1200) copies 99 to 100 % caught (one quality-50 copy at 14); cropped 2 % and 5 % on every side
-100 %; cropped on one side only (each of the four sides) by 3 % 100 %, by 5 % 89 to 96 %, by 2 % 19 to 27 %
-(distances 12 to 22: all in the review list). The 2 % one-sided crop is the limit of the hash: it needs a view
-at zoom 1.02, and at zoom 1.015 consecutive shots of one lesion come within 6 to 10 bits of each other (three
-pairs would be joined), as close as the crop; no view below 1.03 is hashed. Different photographs of one lesion
-start at 12 (six pairs in 12..28, all in the review list), different lesions at 52: no two real images are
-joined. A pixel check after alignment was tried earlier for the band and dropped: a 2 % crop and a second shot of
-the lesion overlapped (29 to 41 dB against 23 to 39 dB PSNR). Hashing the 29 views costs about 35 ms an image
-on one core, against 7.5 ms for the 7 centred views before (side by side on 60 real images, load average 4 on
-2 cores): about 6 more minutes of one core at 10k images, paid once (the cache keeps them).
+(400x300, 1600x1200) copies 100 % caught; cropped 2 % and 5 % on every side 100 %; cropped on one side only
+(each of the four sides) by 3 % 98 to 100 %, by 5 % 85 to 92 %, by 2 % 27 to 37 % (distances 12 to 22: all in the
+review list). The 2 % one-sided crop is the limit of the hash: it needs a view at zoom 1.02, and at zoom 1.015
+consecutive shots of one lesion come within 6 to 10 bits of each other (three pairs would be joined), as close as
+the crop; no view below 1.03 is hashed. Different photographs of one lesion start at 14 (six pairs in 14..26,
+all in the review list): no two real images are joined. A pixel check after alignment was tried earlier for the
+band and dropped: a 2 % crop and a second shot of the lesion overlapped (29 to 41 dB against 23 to 39 dB PSNR).
 
 Pairs are found without comparing every pair: multi-index hashing over 16-bit chunks (`near_pairs`), exact (the
 bench checks it against comparing every pair). On the 490 real images' hashes repeated with a quarter of their
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.fft import dct
 
 from .common import PipelineError, atomic_write_bytes, read_csv, stable_hash, write_csv
 from .parallel import pool_map
@@ -77,25 +80,31 @@ VIEWS = views()
 
 
 def image_hashes(image: Image.Image, view_list=None) -> np.ndarray:
-    """The phash bits of each view of `views()`, as (views, HASH_SIZE**2 / 64) uint64 words."""
-    import imagehash
+    """The phash bits of each view of `views()`, as (views, HASH_SIZE**2 / 64) uint64 words.
 
+    imagehash's phash, computed for all the views at once: each view resampled (Lanczos) straight from the grey
+    image to 4 x HASH_SIZE pixels a side through a fractional box (no crop, no rounding of the window), then the
+    2-D DCT of every view in one call, the lowest HASH_SIZE x HASH_SIZE coefficients compared with their median."""
     grey = image.convert("L")
     width, height = grey.size
-    words = []
+    side = 4 * HASH_SIZE
+    views = []
     for zoom, x, y in view_list or VIEWS:
         crop_w, crop_h = width / zoom, height / zoom
         left, top = (width - crop_w) * x, (height - crop_h) * y
-        box = (round(left), round(top), round(left + crop_w), round(top + crop_h))
-        bits = imagehash.phash(grey.crop(box), hash_size=HASH_SIZE).hash.flatten()
-        words.append(np.packbits(bits).view(">u8").astype(np.uint64))
-    return np.stack(words)
+        views.append(np.asarray(grey.resize((side, side), Image.LANCZOS, box=(left, top, left + crop_w,
+                                                                                top + crop_h))))
+    coefficients = dct(dct(np.stack(views).astype(np.float64), axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE]
+    coefficients = coefficients.reshape(len(views), -1)
+    bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
 
 
 def _hash_file(path: str) -> tuple[str, bytes, str]:
     try:
         with (open_url(path) if is_remote(path) else nullcontext(path)) as source, Image.open(source) as image:
-            image.draft("RGB", (image.width // 2, image.height // 2))  # phash looks at 64x64 pixels
+            # libjpeg decodes at a quarter (150x113 for a standardised 600x450): each view is resampled to 64x64
+            image.draft("RGB", (image.width // 4, image.height // 4))
             return path, image_hashes(image).tobytes(), ""
     except Exception as error:
         return path, b"", f"{type(error).__name__}: {error}"
@@ -195,13 +204,15 @@ class _Groups:
 
 
 def hashed_with() -> str:
-    """What the hashes depend on besides the image: this code (its import closure), the views, imagehash."""
-    import imagehash
+    """What the hashes depend on besides the image: this code (its import closure), the views, Pillow's
+    resampling and scipy's DCT."""
+    import PIL
+    import scipy
 
     from .codedeps import code_version
 
     return stable_hash({"code": code_version(__name__), "views": VIEWS, "size": HASH_SIZE,
-                        "imagehash": imagehash.__version__})[:12]
+                        "pillow": PIL.__version__, "scipy": scipy.__version__})[:12]
 
 
 def _load_cache(path: Path | None, version: str) -> dict[str, str]:
