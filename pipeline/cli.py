@@ -203,7 +203,7 @@ def standardise(params_path, candidates, decisions, objects, out):
     counts = run(candidates, decisions, objects, params, out / "images", out / "index.csv", compute)
     near = dedupe(out / "index.csv", compute.store("standardised", out / "images"), candidates, params.get("dedupe"),
                   out / "duplicates.csv",
-                  out / "duplicate_review.csv", params.get("workers"), out / "phash_cache.json")
+                  out / "duplicate_review.csv", params.get("workers"), out / "phash_cache.json", compute)
     click.echo(f"standardise: {counts['kept']} images ({counts['processed']} processed, {counts['reused']} reused, "
                f"{counts['duplicates']} identical duplicates, {near['near_duplicates']} near-duplicates in "
                f"{near['groups']} groups, {near['review_pairs']} pairs to review) -> {out}")

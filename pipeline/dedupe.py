@@ -52,7 +52,7 @@ from PIL import Image
 from scipy.fft import dct
 
 from .common import PipelineError, atomic_write_bytes, read_csv, stable_hash, write_csv
-from .parallel import pool_map
+from .executors import Compute, run_map
 from .stores import is_remote, open_url
 
 # The views hashed of every image (zoom, x, y): the whole image, windows 1/zoom of its size. A copy cropped by c on
@@ -100,9 +100,10 @@ def image_hashes(image: Image.Image, view_list=None) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
 
 
-def _hash_file(path: str) -> tuple[str, bytes, str]:
+def _hash_file(path: str, options: dict | None = None) -> tuple[str, bytes, str]:
+    """Pool or cluster task: one standardised image's hashes (`options`: the S3 store's, where it is one)."""
     try:
-        with (open_url(path) if is_remote(path) else nullcontext(path)) as source, Image.open(source) as image:
+        with (open_url(path, options) if is_remote(path) else nullcontext(path)) as source, Image.open(source) as image:
             # libjpeg decodes at a quarter (150x113 for a standardised 600x450): each view is resampled to 64x64
             image.draft("RGB", (image.width // 4, image.height // 4))
             return path, image_hashes(image).tobytes(), ""
@@ -224,7 +225,8 @@ def _load_cache(path: Path | None, version: str) -> dict[str, str]:
 
 
 def dedupe(index_csv: Path, images_dir: Path, candidates_csv: Path, params: dict, duplicates_csv: Path,
-           review_csv: Path, workers: int | None = None, cache_json: Path | None = None) -> dict:
+           review_csv: Path, workers: int | None = None, cache_json: Path | None = None,
+           compute: Compute | None = None) -> dict:
     """Group near-duplicates; rewrite the index's duplicate columns; write the ledger and the review list.
 
     `cache_json` (not a DVC output, like ingest's read cache) keeps each image's hashes under the sha256 of its
@@ -240,7 +242,9 @@ def dedupe(index_csv: Path, images_dir: Path, candidates_csv: Path, params: dict
     cache = _load_cache(cache_json, version)
     todo = sorted({row["sha256"]: row["file"] for row in rows if row["sha256"] not in cache}.items())
     located = [f"{images_dir}/{file}" if is_remote(images_dir) else str(Path(images_dir) / file) for _, file in todo]
-    results = list(pool_map(_hash_file, located, workers, "near-duplicates"))
+    # Hashing is a map over the images on the local pool or the cluster (params `compute`), like standardise.
+    results = run_map(_hash_file, located, compute, "near-duplicates", workers,
+                      shared=(compute.options or None) if compute and is_remote(images_dir) else None)
     failed = [(path, error) for path, _, error in results if error]
     if failed:
         raise PipelineError(f"near-duplicates: cannot read {failed[0][0]}: {failed[0][1]}")

@@ -221,6 +221,7 @@ def test_local_and_dask_with_s3_stores_give_the_same_bytes(builds, s3):
     local, remote = builds["local"], builds["dask"]
     assert "vet (dask):" in builds["log"]["ingest"]  # the cluster vetted the images
     assert "standardise (dask):" in builds["log"]["standardise"]  # and standardised them
+    assert "near-duplicates (dask):" in builds["log"]["standardise"]  # and hashed them for the near-duplicates
     assert "filter (dask):" in builds["log"]["filter"]  # and scored the unannotated images, batch by batch
     for table in TABLES:
         assert (local / table).read_bytes() == (remote / table).read_bytes(), table
