@@ -49,7 +49,7 @@ clean-demo:
 # figures into bench/results.json and the last prints them as a table with the targets. `make bench QUICK=1`: the
 # 1k fixture only (a few minutes on 2 cores). The standardise comparison needs ImageMagick's mogrify.
 BENCH_OTHERS := $(filter-out benchmarks/bench_scale.py,$(sort $(wildcard benchmarks/bench_*.py)))
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test  # the test extra brings dask and s3fs (bench_distributed)
 ifndef QUICK
 	set -e; for script in $(BENCH_OTHERS); do $(BIN)/python -m benchmarks.$$(basename $$script .py); done
 endif

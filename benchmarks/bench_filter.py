@@ -41,6 +41,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import figure, record  # noqa: E402
 from pipeline.common import load_params, sha256_bytes  # noqa: E402
 from pipeline.filter_model import (draft_side, frame_pixels, load_model, open_rgb,  # noqa: E402
                                    predict_batch)
@@ -212,6 +213,39 @@ def main() -> None:
     report["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     (args.out / "bench_filter.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    if not args.set:  # only the params file's own settings go into bench/results.json
+        record(results_figures(report))
+
+
+def results_figures(report: dict) -> dict:
+    """The figures of issue 9 for bench/results.json."""
+    command = "python -m benchmarks.bench_filter"
+    held = (f"{report['held_out']['dsc']} dermatoscopic + {report['held_out']['clinic']} clinical images training "
+            f"never saw; trained {report['training_seconds_cpu']} s on the CPU, one thread")
+    threshold = f"at review_below {report['review_below']}"
+    figures = {
+        "filter_raw_accuracy": figure(report["raw_accuracy"], "fraction", command, note=(
+            f"{held}; dermatoscopic kept {report['dsc_kept']:.1%}, clinical dropped {report['clinic_dropped']:.1%}")),
+        "filter_sent_to_review": figure(report["sent_to_review"], "fraction", command, note=threshold),
+        "filter_error_rate_without_review": figure(report["error_rate_without_review"], "fraction", command, note=(
+            f"{threshold}: {report['errors_without_review']} wrong of {report['decided_without_review']} decided "
+            f"without review")),
+        "filter_watermark_crop_change_points": figure(abs(report["watermark_crop_change_points"]), "points", command,
+                                                      note=f"clinical dropped {report['clinic_dropped']:.1%} whole, "
+                                                           f"{report['clinic_dropped_watermark_cropped']:.1%} with "
+                                                           f"the left third cropped away"),
+    }
+    inference = report.get("inference")
+    if inference:
+        note = (f"{inference['images']} candidates (the real images in turn), workers {inference['workers']}, "
+                f"{inference['cpu_count']} cores")
+        figures["filter_real_cpu_images_per_s"] = figure(inference["images_per_s"], "images/s", command, note=note)
+        figures["filter_real_peak_rss_10k_mb"] = figure(
+            round(inference["peak_rss_mb"] + (inference["workers"] or 0) * inference["peak_rss_worker_mb"], 1), "MB",
+            command,
+            note=f"the scoring process {inference['peak_rss_mb']} MB + its decoding workers at "
+                 f"{inference['peak_rss_worker_mb']} MB each (RSS, shared pages counted in each), {note}")
+    return figures
 
 
 if __name__ == "__main__":
