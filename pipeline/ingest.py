@@ -336,8 +336,8 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     # Vetting decodes every new image, the bulk of ingest's work: on more than one core a pool of processes (kept
     # for the whole run) vets each group of images ahead while this process reads, hashes and files them in order.
     pool_size = 1 if cluster else resolve_workers(compute.workers)
-    pool = ProcessPoolExecutor(pool_size) if pool_size > 1 else None
-    vetting = cluster or pool is not None
+    pool: ProcessPoolExecutor | None = None  # started at the first new image: a re-run with nothing new needs none
+    vetting = cluster or pool_size > 1
     vetted: dict[str, CheckedImage | str] = {}
 
     def vet_ahead(items: list) -> None:
@@ -348,8 +348,13 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             candidate_id = sha256_bytes(item.data)
             if candidate_id not in cache and candidate_id not in candidates:
                 todo.setdefault(candidate_id, item.data)
+        nonlocal pool
         tasks = [(data, limits) for data in todo.values()]
-        outcomes = (pool.map(_vet, tasks, chunksize=max(1, len(tasks) // (4 * pool_size))) if pool
+        if not tasks:
+            return
+        if not cluster and pool is None:
+            pool = ProcessPoolExecutor(pool_size)
+        outcomes = (pool.map(_vet, tasks, chunksize=max(1, len(tasks) // (4 * pool_size))) if not cluster
                     else run_map(_vet, tasks, compute, "vet"))
         for (candidate_id, data), outcome in zip(todo.items(), outcomes):
             vetted[candidate_id] = (replace(outcome, stored=data)
@@ -430,7 +435,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
 
         for element in progress(read(root, options), f"ingest {name}"):
             prepare(element)
-            if len(prepared) >= (AHEAD if cluster else LOCAL_AHEAD if pool else 1):
+            if len(prepared) >= (AHEAD if cluster else LOCAL_AHEAD if vetting else 1):
                 drain()
         drain()
         drain()

@@ -42,6 +42,7 @@ from stat import S_ISREG
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_file, stable_hash, write_csv
 from .integrity import RELEASE_MODE, copy_verified
+from .linking import place
 from .isic_export import isic_diagnoses, write_isic_outputs
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
 
@@ -140,8 +141,9 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
     atomic_write_bytes(Path(summary_json), (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     counts = {**placed["counts"], "other_files_written": len(manifest) - len(plan) + 1, "removed": removed}
     print(f"release: {len(plan)} images: {counts['kept']} kept, {counts['linked']} linked, "
-          f"{counts['copied']} copied ({counts['rehashed']} re-hashed); {counts['other_files_written']} other files "
-          f"written, {removed} stale files removed", file=sys.stderr)
+          f"{counts['copied']} copied ({counts['rehashed']} re-hashed, {counts['relinked_unread']} linked again "
+          f"unread); {counts['other_files_written']} other files written, {removed} stale files removed",
+          file=sys.stderr)
     if report is not None:
         report.update(counts)
     return summary
@@ -167,15 +169,18 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
     own state and git's index rely on. A stat costs microseconds; hashing every kept image again would cost
     about what building the release whole does. An image with no such record (a folder DVC removed and checked
     out again, a copy `dvc unprotect` made) is hashed: kept when its bytes are right, else replaced. Everything
-    placed goes through `copy_verified` (a hard link from the store, else a copy, checked against the sha256).
-    Returns {"files": {path: (sha256, bytes)}, "counts": {"kept", "rehashed", "linked", "copied"}}."""
+    placed goes through `copy_verified` (a hard link from the store, else a copy, checked against the sha256),
+    except an image whose store file still has the inode, size and mtime recorded when it was linked and checked
+    last time (DVC deleted the folder before the stage): that one is linked again unread.
+    Returns {"files": {path: (sha256, bytes)}, "counts": {"kept", "rehashed", "linked", "copied",
+    "relinked_unread"}}."""
     release_dir, state_json = Path(release_dir), Path(state_json)
     try:
         state = json.loads(state_json.read_text(encoding="utf-8"))
         recorded = state["files"] if state.get("version") == STATE_VERSION else {}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         recorded = {}
-    kept = rehashed = linked = copied = 0
+    kept = rehashed = linked = copied = relinked = 0
     files, record = {}, {}
     base = os.fspath(release_dir)
     # Plain strings and locals in this loop: it runs for every image on every run, and is all a rebuild costs
@@ -196,9 +201,23 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
             kept += 1  # no record (a copy `dvc unprotect` made, a link DVC re-made): right bytes, kept
             rehashed += 1
         else:
-            # A hard link from the standardised store (a copy across devices), checked against the sha256 the
-            # metadata stage recorded: a corrupt file never reaches release/.
-            copy_verified(Path(source), Path(target), sha)
+            previous = recorded.get(path)
+            try:
+                origin = os.stat(source)
+            except OSError:
+                origin = None
+            if (previous is not None and origin is not None and previous[:2] == [sha, source]
+                    and previous[2:] == [origin.st_ino, origin.st_dev, origin.st_size, origin.st_mtime_ns]):
+                # The store file is the one linked here and checked last time (a hard link shares its inode,
+                # size and mtime), unchanged since: DVC removed release/ before the stage (it is not a
+                # persistent output), so the image is linked again without reading it.
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                place(Path(source), Path(target))
+                relinked += 1
+            else:
+                # A hard link from the standardised store (a copy across devices), checked against the sha256 the
+                # metadata stage recorded: a corrupt file never reaches release/.
+                copy_verified(Path(source), Path(target), sha)
             stat = os.lstat(target)
             if stat.st_nlink > 1:
                 linked += 1
@@ -212,7 +231,8 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
     if record != recorded:
         atomic_write_bytes(state_json, json.dumps({"version": STATE_VERSION, "files": record},
                                                   separators=(",", ":")).encode())
-    return {"files": files, "counts": {"kept": kept, "rehashed": rehashed, "linked": linked, "copied": copied}}
+    return {"files": files, "counts": {"kept": kept, "rehashed": rehashed, "linked": linked, "copied": copied,
+                                       "relinked_unread": relinked}}
 
 
 def _sha256_or_none(path: Path) -> str | None:
