@@ -41,7 +41,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_file, stable_hash, write_csv
-from .integrity import RELEASE_MODE, copy_verified
+from .integrity import RELEASE_MODE, copy_verified, matches
 from .linking import place
 from .isic_export import isic_diagnoses, write_isic_outputs
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
@@ -197,7 +197,7 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
         entry = None if stat is None else [sha, source, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
         if entry is not None and recorded.get(path) == entry:
             kept += 1
-        elif stat is not None and _sha256_or_none(target) == sha:
+        elif stat is not None and matches(target, sha):
             kept += 1  # no record (a copy `dvc unprotect` made, a link DVC re-made): right bytes, kept
             rehashed += 1
         else:
@@ -233,13 +233,6 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
                                                   separators=(",", ":")).encode())
     return {"files": files, "counts": {"kept": kept, "rehashed": rehashed, "linked": linked, "copied": copied,
                                        "relinked_unread": relinked}}
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
 
 
 def remove_stale(release_dir: Path, keep: set[str], checked: set[str] | dict = frozenset()) -> int:
