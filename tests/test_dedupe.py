@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from pipeline.common import read_csv
+import pipeline.dedupe as dedupe_module
 from pipeline.dedupe import VIEWS, _hash_file, dedupe, distances, near_pairs
 from pipeline.ingest import ingest
 from pipeline.standardise import standardise, standardise_image
@@ -85,7 +86,7 @@ def test_real_images_none_joined_copies_caught(tmp_path, real_images, ham_data):
     assert caught["crop3_one_side"] >= 0.8 * tried["crop3_one_side"], caught
 
 
-def test_index_finds_exactly_the_pairs_that_comparing_all_finds():
+def test_index_finds_exactly_the_pairs_that_comparing_all_finds(monkeypatch):
     """`near_pairs` (multi-index hashing) against every pair compared, on random hashes with planted neighbours at
     distances around both thresholds, and with flips in every chunk."""
     rng = np.random.default_rng(7)
@@ -103,6 +104,14 @@ def test_index_finds_exactly_the_pairs_that_comparing_all_finds():
         every = [(i, i + 1 + int(o), int(d)) for i in range(count) for o, d in enumerate(distances(hashes, i))
                  if d <= limit]
         assert near_pairs(hashes, limit) == sorted(every), limit
+    # Incrementally: the pairs among earlier images kept, only those with a new image searched for, by comparing
+    # the new images with all (a few) or through the index (many).
+    for brute_limit in (dedupe_module.BRUTE_LIMIT, 0):
+        monkeypatch.setattr(dedupe_module, "BRUTE_LIMIT", brute_limit)
+        for new in (np.arange(250, count), np.arange(0, count, 7), np.array([0, count - 1]), np.arange(count)):
+            old = np.setdiff1d(np.arange(count), new)
+            among_old = [(int(old[i]), int(old[j]), d) for i, j, d in near_pairs(hashes[old], 30)]
+            assert sorted(among_old + near_pairs(hashes, 30, new=new)) == near_pairs(hashes, 30), (brute_limit, new)
 
 
 def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, real_images):
@@ -141,6 +150,15 @@ def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, 
     assert counts == {"groups": 1, "hashed": 5, "duplicates": 2, "near_duplicates": 1, "review_pairs": 1}
     written = {name: (out / name).read_bytes() for name in ("index.csv", "duplicates.csv", "duplicate_review.csv")}
     assert run() == {**counts, "hashed": 0}  # a re-run takes every hash from the cache, same result
+    assert written == {name: (out / name).read_bytes() for name in written}
+    # Images added to a searched set: the cached pairs are kept and only the new images searched; same result.
+    full_index = (out / "index.csv").read_text()
+    (out / "cache.json").unlink()
+    lines = full_index.splitlines(keepends=True)
+    (out / "index.csv").write_text("".join(lines[:3]))
+    run()
+    (out / "index.csv").write_text(full_index)
+    assert run() == {**counts, "hashed": 3}
     assert written == {name: (out / name).read_bytes() for name in written}
 
     index = {r["candidate_id"]: r for r in read_csv(out / "index.csv")}
