@@ -24,12 +24,13 @@ from pathlib import Path
 from .common import PipelineError, read_csv, write_csv
 from .registry import Registry
 from .unify import coverage, load_rules, unify
-from .tables import validate_metadata_rows, values_agree
+from .tables import ValidRows, validate_metadata_rows, values_agree
 from .vocabulary import (CLASSES, DATASETS, DX_TYPE_OF, DX_TYPES, ISIC_CLASS_NODE, LOCALIZATION_OF, PUBLIC_KINDS,
                          RELEASE_COLUMNS, SEX_OF, SEXES, UNKNOWN_DATASET, isic_class_of, isic_refines, parse_age)
 
 METADATA_COLUMNS = RELEASE_COLUMNS  # metadata.csv holds exactly the release's columns
 IMAGES_COLUMNS = ("image_id", "lesion_id", "candidate_id", "file", "sha256", "split_hint", "isic_diagnosis")
+VALID_ROWS = "valid_rows.json"  # beside the outputs, not one of them: rows the schema check passed before
 EXCLUDED_COLUMNS = ("candidate_id", "source", "origin", "member", "stage", "reason")
 
 
@@ -214,7 +215,8 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
     # lesion they exclude never takes a number, and the released IDs have no gaps.
     rows = identify([{**fields, "_candidate": c} for c, fields in accepted], *registries())
     rows = _harmonise_lesions(rows, exclude)
-    problems = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv")
+    valid = ValidRows(Path(out_dir) / VALID_ROWS)
+    problems = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv", valid)
     bad_rows = {p.row for p in problems if p.row}
     for index, row in enumerate(rows, start=1):
         if index in bad_rows:
@@ -222,7 +224,8 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
             exclude(row["_candidate"], "validate", reasons)
     images, lesions = registries()
     rows = identify([row for index, row in enumerate(rows, start=1) if index not in bad_rows], images, lesions)
-    remaining = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv")
+    # Without the excluded rows the IDs are drawn again: checked again (the rows found valid above are known).
+    remaining = validate_metadata_rows([{k: r[k] for k in METADATA_COLUMNS} for r in rows], "metadata.csv", valid)
     if remaining:
         first = remaining[0]
         raise PipelineError(f"metadata.csv row {first.row}: {first.field}={first.value!r}: {first.message} "
@@ -240,6 +243,7 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
         for r in rows), IMAGES_COLUMNS)
     excluded.sort(key=lambda e: (e["source"], e["origin"], e["member"], e["candidate_id"]))
     write_csv(out_dir / "excluded.csv", excluded, EXCLUDED_COLUMNS)
+    valid.save()
     texts_by_source = defaultdict(list)
     for candidate in candidates:
         if candidate["diagnosis"].strip() and not candidate["dx"].strip():
