@@ -155,7 +155,8 @@ def near_pairs(hashes: np.ndarray, limit: int, workers: int | None = None,
         return []
     if new is not None and len(new) * count <= BRUTE_LIMIT:
         # A few new images: compared with every image directly, cheaper than filing every image's views.
-        found = [_compare(hashes, int(number), limit) for number in np.unique(np.asarray(new, np.int64))]
+        words = [np.ascontiguousarray(hashes[:, :, k]) for k in range(hashes.shape[2])]  # (images, views) each
+        found = [_compare(hashes, words, int(number), limit) for number in np.unique(np.asarray(new, np.int64))]
         return _unique_pairs(found)
     chunks = _chunks(hashes)  # (images, views, chunks)
     flips = limit // chunks.shape[-1]
@@ -178,14 +179,21 @@ def near_pairs(hashes: np.ndarray, limit: int, workers: int | None = None,
 BRUTE_LIMIT = 5_000_000  # new images x all images up to which a re-run compares the new ones directly
 
 
-def _compare(hashes: np.ndarray, number: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b, distance) of image `number` with every other image at most `limit` apart (`distances`, both ways)."""
-    one = np.bitwise_count(hashes ^ hashes[number, 0]).sum(axis=2).min(axis=1)  # its whole view vs their views
-    other = np.bitwise_count(hashes[:, :1, :] ^ hashes[number][None]).sum(axis=2).min(axis=1)  # theirs vs its views
-    distance = np.minimum(one, other)
+def _compare(hashes: np.ndarray, words: list[np.ndarray], number: int,
+             limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, distance) of image `number` with every other image at most `limit` apart (`distances`, both ways).
+    `words`: the hashes' 64-bit words as contiguous (images, views) arrays, counted one word at a time (about 5x
+    faster than over the (images, views, words) array: 6 ms an image against 11.5k)."""
+    query = hashes[number]
+    one = np.bitwise_count(words[0] ^ query[0, 0]).astype(np.uint16)  # its whole view vs every view of the others
+    other = np.bitwise_count(words[0][:, :1] ^ query[None, :, 0]).astype(np.uint16)  # their whole views vs its views
+    for k in range(1, len(words)):
+        one += np.bitwise_count(words[k] ^ query[0, k])
+        other += np.bitwise_count(words[k][:, :1] ^ query[None, :, k])
+    distance = np.minimum(one.min(axis=1), other.min(axis=1)).astype(np.int64)
     distance[number] = limit + 1
     hit = np.nonzero(distance <= limit)[0]
-    return np.minimum(hit, number), np.maximum(hit, number), distance[hit].astype(np.int64)
+    return np.minimum(hit, number), np.maximum(hit, number), distance[hit]
 
 
 def pair_distance(hashes: np.ndarray, a: int, b: int) -> int:
