@@ -147,8 +147,16 @@ def _imports_in(nodes, tree: ast.Module, name: str, root: Path) -> set[str]:
 def direct_imports(name: str, root: Path | None = None) -> set[str]:
     """The package's modules that module `name` imports anywhere in its code (functions included)."""
     root = _root(root)
-    tree = _parse(name, root)
-    return _imports_in([tree], tree, name, root)
+    path = module_file(name, root)
+    stat = path.stat() if path is not None else None
+    stamp = (name, str(root), str(path), stat and (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+    if stamp not in _IMPORTS_SEEN:  # parsed once a process while the file is unchanged (code_version runs often)
+        tree = _parse(name, root)
+        _IMPORTS_SEEN[stamp] = frozenset(_imports_in([tree], tree, name, root))
+    return set(_IMPORTS_SEEN[stamp])
+
+
+_IMPORTS_SEEN: dict[tuple, frozenset] = {}
 
 
 def _with_parents(name: str) -> set[str]:

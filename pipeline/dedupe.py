@@ -40,8 +40,9 @@ its distance to the kept image; `duplicate_review.csv` the borderline pairs. The
 standardised image's sha256 (`phash_cache.json` beside the index), so a re-run hashes only new images (a change
 of the views or of this code re-hashes every image once). The same file keeps the pairs found and the images
 searched: a re-run keeps the pairs among images searched before and looks up only the new images (their views
-against every image, every image against theirs), so adding 1 % of the images costs about 1 % of the search
-(the full search took 5.4 s for the 11.4k standardised images of the 10k bench fixture).
+against every image, every image against theirs). On the 11477 standardised images of the 10k bench fixture the
+full search took 6.3 s, the 116 newest against all 0.85 s (compared directly; through the index, filing every
+image's views costs more than that).
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from .annotations import IMAGE_TYPES, read_annotations_if_any
 from .common import PipelineError, read_csv, stable_hash, write_csv
 from .codedeps import code_version
 from .executors import LOCAL, Compute, run_map
+from .integrity import check_objects
 from .filter_model import (exact_float32, load_model, load_pixels, model_from_bytes, model_hash, pick_device,
                            predict_batch)
 from .stores import LocalStore, open_store, open_url
@@ -39,6 +40,7 @@ DECISION_COLUMNS = ("candidate_id", "image_type", "confidence", "p_dsc", "p_macr
                     "keep", "review")
 REVIEW_COLUMNS = ("candidate_id", "object", "source", "origin", "member", "image_type", "decided_by", "model_type",
                   "confidence")
+FEW = 256  # candidates to score up to which no decoding workers are started
 CACHE_COLUMNS = ("candidate_id", *(f"p_{t}" for t in IMAGE_TYPES))
 
 
@@ -167,13 +169,18 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
         missing = [store.url(row["object"]) for row in todo if row["object"] not in present]
     if missing:
         raise PipelineError(f"{missing[0]}: object missing from {store.location} ({len(missing)} missing)")
+    if isinstance(store, LocalStore):  # the store is not a DVC output: a damaged object is caught here
+        check_objects(Path(objects_dir), [row["object"] for row in todo])
     batch_size = int(params.get("inference_batch_size", 256))
     if (compute or LOCAL).executor != "local":
         batches = _score_on_cluster(todo, paths, Path(model_path), key, meta["image_size"], batch_size, params,
                                     compute)
     else:
+        # A few new candidates (a re-run after adding a batch) are decoded here: starting worker processes, each
+        # importing torch, would cost more than decoding them.
         loader = DataLoader(CandidateImages(paths, meta["image_size"], (compute or LOCAL).options),
-                            batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+                            batch_size=batch_size, num_workers=workers if len(todo) > FEW else 0,
+                            pin_memory=device.type == "cuda")
         batches = ((index.tolist(), predict_batch(model, batch, device)) for batch, index in loader)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not cache_path.exists() or cache_path.stat().st_size == 0

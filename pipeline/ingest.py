@@ -45,7 +45,7 @@ from .common import PipelineError, atomic_write_bytes, progress, read_csv, sha25
 from .imaging import to_rgb
 from .executors import LOCAL, Compute, run_map
 from .parallel import resolve_workers
-from .integrity import matches
+from .integrity import OBJECT_INDEX, CheckedFiles, matches
 from .sources import ITEM_FIELDS, Reject, Unit
 from .stores import LocalStore, open_store
 
@@ -53,7 +53,6 @@ CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "obje
                      *ITEM_FIELDS, "extra")
 REJECT_COLUMNS = ("source", "origin", "member", "reason")
 PROVENANCE_COLUMNS = ("candidate_id", "source", "origin", "member")
-OBJECT_INDEX = "index.csv"
 OBJECT_INDEX_COLUMNS = ("candidate_id", "object", "sha256", "width", "height", "format", "checked_with")
 LABEL_FIELDS = ("diagnosis", "dx", "dx_type", "lesion_key")  # same image, another value: a conflict
 MIB = 1 << 20
@@ -182,9 +181,11 @@ def _vet(task: tuple) -> CheckedImage | str:
     return replace(checked, stored=None) if checked.stored is data else checked
 
 
-def _load_object_index(objects_dir: Path, checked_with: str, store=None) -> dict[str, dict]:
+def _load_object_index(objects_dir: Path, checked_with: str, store=None,
+                       checked: CheckedFiles | None = None) -> dict[str, dict]:
     """The intact objects: made with this code and these limits, and whose bytes still hash to what was recorded
-    (a changed, truncated or replaced object is left out, so it is made again from its source). In a remote
+    (a changed, truncated or replaced object is left out, so it is made again from its source); with `checked`,
+    an object whose stat has not changed since this machine last checked it is not read again. In a remote
     `store` (S3) an object listed there is taken as whole: it was written by one PUT, never in parts."""
     path = objects_dir / OBJECT_INDEX
     if not path.exists():
@@ -197,8 +198,9 @@ def _load_object_index(objects_dir: Path, checked_with: str, store=None) -> dict
         present = store.names()
         return {row["candidate_id"]: row for row in rows
                 if row["checked_with"] == checked_with and row["object"] in present}
+    intact = checked.matches if checked is not None else (lambda name, sha: matches(objects_dir / name, sha))
     return {row["candidate_id"]: row for row in rows
-            if row["checked_with"] == checked_with and matches(objects_dir / row["object"], row["sha256"])}
+            if row["checked_with"] == checked_with and intact(row["object"], row["sha256"])}
 
 
 def _extra(fields: dict) -> str:
@@ -208,6 +210,7 @@ def _extra(fields: dict) -> str:
 
 
 READ_CACHE = "read_cache.json"  # beside the stage's outputs, not one of them: stat stamps are machine-local
+CHECKED_OBJECTS = "checked_objects.json"  # the same: which objects this machine read and found intact
 
 
 @dataclass
@@ -265,12 +268,14 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     `max_pixels`: the pixel limit alone, or all the per-image `Limits` (params `ingest`). `compute.objects_store`
     (params `compute`): an s3:// store for the objects; `objects/index.csv` stays in `out_dir` either way."""
     limits = max_pixels if isinstance(max_pixels, Limits) else Limits(max_pixels=max_pixels)
+    sources.new_run()
     out_dir = Path(out_dir)
     objects_dir = out_dir / "objects"
     objects_dir.mkdir(parents=True, exist_ok=True)
     checked_with = f"{code_version(__name__)}-{stable_hash(limits.__dict__)[:12]}"
     store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
-    cache = _load_object_index(objects_dir, checked_with, store)
+    verified = CheckedFiles(objects_dir, out_dir / CHECKED_OBJECTS) if isinstance(store, LocalStore) else None
+    cache = _load_object_index(objects_dir, checked_with, store, verified)
     reads = ReadCache(out_dir / READ_CACHE, checked_with)
 
     candidates: dict[str, dict] = {}
@@ -314,6 +319,8 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                     "width": checked.width,
                     "height": checked.height, "format": checked.format, "checked_with": checked_with}
             cache[candidate_id] = info
+            if verified is not None:
+                verified.record(object_name, info["sha256"])
         provenance.append(place)
         seen_rows[candidate_id] = [{**place, "fields": fields}]
         fields = {**fields, **{key: value for key, value in declared[name].items()
@@ -470,4 +477,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     write_csv(out_dir / "rejects.csv", rejects, REJECT_COLUMNS)
     write_csv(out_dir / "provenance.csv", provenance, PROVENANCE_COLUMNS)
     reads.save()
+    if verified is not None:
+        verified.new = {name: stamp for name, stamp in verified.new.items() if name in keep}
+        verified.save()
     return IngestResult(ordered, rejects, provenance, **counts)

@@ -11,6 +11,11 @@
 - `HashStore(folder)`: the sha256 of every file a persistent store (the standardised images) made, kept in the
   folder itself (`SHA256SUMS`, so it persists with it while the stage's other outputs are removed before a
   run): a file is reused only while it still hashes to what was recorded when it was written.
+- `CheckedFiles(record_json)`: which files of a store this machine has read and found to hash to their recorded
+  sha256, with each one's inode, device, size and mtime at the time; a file whose stat is unchanged is taken as
+  checked without reading it again (the trust DVC's own state database gives a tracked file: a write into a file
+  changes its mtime, a replacement its inode). The stores are not DVC outputs, so this is their only check; a
+  re-run after a small change stats the 11k files of a store instead of hashing them.
 - `repair_dvc_locks(repo)`: after a `dvc` process was killed (kill -9, power loss), DVC's lock record
   `.dvc/tmp/rwlock` or `dvc.lock` itself may be left half-written, and every later `dvc` command then stops
   ("Unable to read RWLock-file", "'./dvc.lock' validation failed"); an unreadable rwlock is removed (it only
@@ -26,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from .common import PipelineError, atomic_write_bytes, sha256_bytes, sha256_file
@@ -86,18 +92,103 @@ def check_cover_geometry(name: str, width: int, height: int, target_width: int, 
                             f"{round(short_side * scale)}); ingest rejects such images by ingest.max_aspect")
 
 
+OBJECT_INDEX = "index.csv"  # ingest's list of its objects: candidate_id, object (file name), sha256 of its bytes
+
+
+def object_sums(objects_dir: Path) -> dict[str, str]:
+    """Object file name -> the sha256 ingest recorded for its bytes (`objects/index.csv`); {} where there is none
+    (an S3 store's objects are checked by whoever reads them)."""
+    from .common import read_csv
+
+    try:
+        return {row["object"]: row["sha256"] for row in read_csv(Path(objects_dir) / OBJECT_INDEX, ("object", "sha256"))}
+    except PipelineError:
+        return {}
+
+
+def damaged_object(path: Path, what: str) -> str:
+    """The one-line message for an object of ingest's store whose bytes no longer hash to what ingest recorded."""
+    return (f"{path}: {what} no longer hashes to the sha256 in objects/{OBJECT_INDEX} (damaged in the store); "
+            f"make it again from its source with `dvc repro --force -s ingest`")
+
+
+def check_objects(objects_dir: Path, names: list[str], what: str = "object") -> None:
+    """Raise CorruptFile for the first of `names` (files of ingest's local store) that is missing from the index or
+    does not hash to the sha256 recorded there."""
+    sums = object_sums(objects_dir)
+    if not sums:
+        return
+    for name in names:
+        if not matches(Path(objects_dir) / name, sums.get(name, "")):
+            raise CorruptFile(damaged_object(Path(objects_dir) / name, what))
+
+
+class CheckedFiles:
+    """name -> [sha256, inode, device, size, mtime_ns] of the files of `folder` last found to hash to sha256, kept
+    in `record_json` (machine-local: beside a stage's outputs, never one of them). `matches(name, sha256)` stats
+    the file and reads it only when the stat differs from the record; `record(name, sha256)` notes a file this
+    process just wrote from bytes it hashed; `save()` keeps the entries of this run's `matches` and `record`
+    calls only, so the record never outgrows the store."""
+
+    VERSION = 1
+    # A file modified within this long before the record was saved may have been written again in the same clock
+    # tick as the stat that was recorded ("racy git"): its record is not trusted, the file is read.
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, folder: Path, record_json: Path):
+        self.folder, self.record_json = os.fspath(folder), Path(record_json)
+        self.old: dict[str, list] = {}
+        self.new: dict[str, list] = {}
+        self.saved_ns = 0
+        try:
+            stored = json.loads(self.record_json.read_text(encoding="utf-8"))
+            if stored.get("version") == self.VERSION and stored.get("folder") == self.folder:
+                self.old, self.saved_ns = stored["files"], int(stored["saved_ns"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass  # missing or damaged: every file is read once more
+
+    def _stamp(self, name: str, sha256: str) -> list | None:
+        try:
+            stat = os.stat(f"{self.folder}/{name}")
+        except OSError:
+            return None
+        return [sha256, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
+
+    def matches(self, name: str, sha256: str) -> bool:
+        stamp = self._stamp(name, sha256) if sha256 else None
+        if stamp is None:
+            return False
+        trusted = self.old.get(name) == stamp and stamp[4] < self.saved_ns - self.RACY_NS
+        if not trusted and not matches(Path(self.folder) / name, sha256):
+            return False
+        self.new[name] = stamp
+        return True
+
+    def record(self, name: str, sha256: str) -> None:
+        stamp = self._stamp(name, sha256)
+        if stamp is not None:
+            self.new[name] = stamp
+
+    def save(self) -> None:
+        atomic_write_bytes(self.record_json, json.dumps(
+            {"version": self.VERSION, "folder": self.folder, "saved_ns": time.time_ns(), "files": self.new},
+            separators=(",", ":"), sort_keys=True).encode())
+
+
 class HashStore:
     """`SHA256SUMS` of a persistent output folder: file name -> sha256 recorded when the file was written.
 
     `intact(name)`: the file exists and hashes to its record (a file without a record, e.g. written by a run
     killed before `save`, is not trusted). `record(name, data)` notes a file just written; `save(names)` keeps
-    the records of `names` only. The stage keeps the file out of its own clean-up (`NAME`)."""
+    the records of `names` only. The stage keeps the file out of its own clean-up (`NAME`). With `checked_json`,
+    a file whose stat is unchanged since it was last checked is not read again (`CheckedFiles`)."""
 
     NAME = "SHA256SUMS"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, checked_json: Path | None = None):
         self.folder = Path(folder)
         self.sums: dict[str, str] = {}
+        self.checked = CheckedFiles(self.folder, checked_json) if checked_json else None
         try:
             for line in (self.folder / self.NAME).read_text(encoding="utf-8").splitlines():
                 digest, _, name = line.partition("  ")
@@ -107,14 +198,27 @@ class HashStore:
             pass  # missing or damaged: every file is checked against nothing, i.e. rebuilt
 
     def intact(self, name: str) -> bool:
+        if self.checked is not None:
+            return self.checked.matches(name, self.sums.get(name, ""))
         return matches(self.folder / name, self.sums.get(name, ""))
 
     def record(self, name: str, data: bytes) -> None:
         self.sums[name] = sha256_bytes(data)
+        if self.checked is not None:
+            self.checked.record(name, self.sums[name])
+
+    def record_hash(self, name: str, sha256: str) -> None:
+        """A file a worker wrote (or found intact) and hashed."""
+        self.sums[name] = sha256
+        if self.checked is not None:
+            self.checked.record(name, sha256)
 
     def save(self, names) -> None:
         lines = "".join(f"{self.sums[n]}  {n}\n" for n in sorted(names) if n in self.sums)
         atomic_write_bytes(self.folder / self.NAME, lines.encode("utf-8"))
+        if self.checked is not None:
+            self.checked.new = {n: s for n, s in self.checked.new.items() if n in names}
+            self.checked.save()
 
 
 def _valid_lockfile(text: str | None) -> bool:

@@ -32,15 +32,16 @@ from PIL import Image, ImageOps
 from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, sha256_file, stable_hash, write_csv
 from .imaging import EXIF_ORIENTATION, to_rgb
-from .integrity import HashStore, check_cover_geometry
+from .integrity import HashStore, check_cover_geometry, damaged_object, object_sums
 from .executors import LOCAL, Compute, run_map
-from .stores import LocalStore, open_store
+from .stores import LocalStore, is_remote, open_store
 
 INDEX_COLUMNS = ("candidate_id", "file", "sha256", "bytes", "duplicate_of", "duplicate_reason")
 RECIPE_PARAMS = ("width", "height", "quality", "density")
 # Reduce by whole factors only while the picture stays over this many times the output, then Lanczos: on a
 # 3000x2250 PNG 2.7x faster than a full Lanczos, 52 dB PSNR against mogrify's output instead of 55 dB.
 REDUCING_GAP = 2.0
+CHECKED_JSON = "checked_images.json"  # beside the index, not a DVC output: stat stamps are machine-local
 
 
 def standardise_image(image: Image.Image, width: int = 600, height: int = 450, quality: int = 100,
@@ -85,13 +86,16 @@ def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
     The objects and the images may be local folders or S3 stores (`stores`); a file already there is kept only
     while it hashes to `expected` (what SHA256SUMS recorded) where one is given; the write is atomic, so a task
     run twice (a worker lost mid-run) writes the same bytes."""
-    candidate_id, objects, object_name, images, name, recipe, options, expected = task
+    candidate_id, objects, object_name, images, name, recipe, options, expected, object_sha = task
     try:
         source, target = open_store(objects, options), open_store(images, options)
         if isinstance(target, LocalStore) and isinstance(source, LocalStore):  # the local path, as before
             path = target.path(name)
             if not path.exists():
-                with Image.open(source.path(object_name)) as image:
+                raw = source.path(object_name).read_bytes()
+                if object_sha and sha256_bytes(raw) != object_sha:  # the store is not a DVC output
+                    return candidate_id, "", 0, damaged_object(source.path(object_name), "the object")
+                with Image.open(io.BytesIO(raw)) as image:
                     data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
                 atomic_write_bytes(path, data)
                 return candidate_id, sha256_bytes(data), len(data), ""
@@ -123,26 +127,38 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
     images_dir.mkdir(parents=True, exist_ok=True)
     names = {candidate_id: f"{candidate_id}-{recipe}.jpg" for candidate_id in kept}
     # A file is reused only while it still hashes to what was recorded when it was written (SHA256SUMS, kept
-    # inside the persistent folder); anything else is made again.
-    sums = HashStore(images_dir)
+    # inside the folder); anything else is made again. Locally a file whose stat has not changed since this
+    # machine last checked it is not read again (CHECKED_JSON), so a re-run after a small change stats the store.
+    local = isinstance(store, LocalStore)
+    sums = HashStore(images_dir, Path(index_csv).parent / CHECKED_JSON if local else None)
     present = store.names() - {HashStore.NAME}
-    if isinstance(store, LocalStore):  # remote objects are checked by the worker that reads them
-        for name in sorted(set(names.values()) & present):
-            if not sums.intact(name):
+    intact: dict[str, tuple[str, str, int, str]] = {}
+    if local:  # remote objects are checked by the worker that reads them
+        for candidate_id in kept:
+            name = names[candidate_id]
+            if name not in present:
+                continue
+            if sums.intact(name):
+                intact[candidate_id] = (candidate_id, sums.sums[name], sums.checked.new[name][3], "")
+            else:
                 (images_dir / name).unlink()
                 present.discard(name)
     processed = sum(1 for name in names.values() if name not in present)
+    object_shas = object_sums(objects_dir) if not is_remote(objects) else {}
     tasks = [(c, objects, candidates[c]["object"], store.location, names[c], {k: params[k] for k in RECIPE_PARAMS},
-              compute.options, sums.sums.get(names[c], "")) for c in kept]
-    results = run_map(_standardise_one, tasks, compute, "standardise", params.get("workers"))
+              compute.options, sums.sums.get(names[c], ""), object_shas.get(candidates[c]["object"], ""))
+             for c in kept if c not in intact]
+    made = {result[0]: result for result in run_map(_standardise_one, tasks, compute, "standardise",
+                                                     params.get("workers"))}
+    results = [intact.get(c) or made[c] for c in kept]
     failed = [(c, error) for c, _, _, error in results if error]
     if failed:
         candidate_id, error = failed[0]
         raise PipelineError(f"standardise: candidate {candidate_id} ({candidates[candidate_id]['object']}): "
                             f"{error}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     wanted = set(names.values())
-    for candidate_id, digest, _, _ in results:  # the workers' hashes of the files just written or found intact
-        sums.sums[names[candidate_id]] = digest
+    for candidate_id, digest, _, _ in made.values():  # the workers' hashes of the files they wrote
+        sums.record_hash(names[candidate_id], digest)
     sums.save(wanted)
     for name in present - wanted:
         store.remove(name)

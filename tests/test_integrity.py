@@ -95,6 +95,38 @@ def test_replaced_object_index_row_is_not_trusted(tmp_path, real_images):
     assert again.decoded == 1 and victim.read_bytes() == good
 
 
+def test_checked_files_read_a_file_again_only_when_its_stat_changed(tmp_path, monkeypatch, real_images):
+    import pipeline.integrity as integrity
+
+    folder, record = tmp_path / "store", tmp_path / "checked.json"
+    folder.mkdir()
+    data = real_images[0].read_bytes()
+    (folder / "a.jpg").write_bytes(data)
+    (folder / "b.jpg").write_bytes(data)
+    past = (os.stat(folder / "a.jpg").st_mtime_ns - 10_000_000_000,) * 2
+    os.utime(folder / "a.jpg", ns=past)  # written long before the record: not racy
+    checked = integrity.CheckedFiles(folder, record)
+    assert checked.matches("a.jpg", sha256_bytes(data)) and checked.matches("b.jpg", sha256_bytes(data))
+    checked.save()
+
+    reads = []
+    monkeypatch.setattr(integrity, "sha256_file", lambda path: reads.append(Path(path).name) or sha256_file(path))
+    again = integrity.CheckedFiles(folder, record)
+    assert again.matches("a.jpg", sha256_bytes(data))
+    assert again.matches("b.jpg", sha256_bytes(data))  # modified within 2 s of the record: read, not trusted
+    assert reads == ["b.jpg"]
+    again.save()
+
+    with open(folder / "a.jpg", "r+b") as handle:  # damaged in place: same inode and size, a new mtime
+        handle.seek(1000)
+        handle.write(bytes([data[1000] ^ 0xFF]))
+    os.utime(folder / "a.jpg", ns=(past[0] + 1, past[1] + 1))
+    reads.clear()
+    third = integrity.CheckedFiles(folder, record)
+    assert not third.matches("a.jpg", sha256_bytes(data)) and reads == ["a.jpg"]
+    assert not third.matches("missing.jpg", sha256_bytes(data)) and not third.matches("b.jpg", "")
+
+
 # ------------------------------------------------------------------------------------------- standardised store
 
 def standardise_once(tmp_path: Path, real_images: list[Path]) -> tuple[Path, Path, Path, dict]:
@@ -332,17 +364,14 @@ def test_corrupt_cache_object_of_a_released_image_is_caught(demo_repo):
 
 
 @pytest.mark.slow
-def test_corrupt_cache_object_of_a_standardised_image_never_reaches_the_release(demo_repo):
+def test_damaged_standardised_image_never_reaches_the_release(demo_repo):
+    """The stores are not DVC outputs (dvc.yaml): a standardised image damaged in place is refused by the release,
+    which checks what it links, and made again by the next standardise run, which checks what it reuses."""
     repo = demo_repo
     images_dir = repo / "data" / "interim" / "standardised" / "images"
     victim = sorted(p for p in images_dir.iterdir() if p.suffix == ".jpg")[0]
     good = victim.read_bytes()
-    cached = dvc_cache_object(repo, victim)
-    os.chmod(cached, 0o644)
-    cached.write_bytes(good[: len(good) // 2])  # a truncated image in the cache
-    victim.unlink()
-    run(["dvc", "checkout", "data/interim/standardised/images"], repo)
-    assert victim.read_bytes() != good
+    victim.write_bytes(good[: len(good) // 2])  # truncated in place: same inode, new size and mtime
 
     forced = run(["dvc", "repro", "--force", "-s", "release"], repo, check=False)
     assert forced.returncode != 0
@@ -351,8 +380,7 @@ def test_corrupt_cache_object_of_a_standardised_image_never_reaches_the_release(
     corrupt = sha256_file(victim)
     assert all(sha256_file(p) != corrupt for p in (repo / "release").rglob("*.jpg"))
 
-    cached.write_bytes(good)  # the cache repaired (dvc pull); standardise makes the image again either way
-    run(["dvc", "repro", "--force", "-s", "standardise"], repo)
+    run(["dvc", "repro", "--force", "-s", "standardise"], repo)  # the stat differs from its record: re-read, remade
     assert victim.read_bytes() == good
     run(["dvc", "repro"], repo)
     assert verify(repo / "release").problems == []
@@ -360,14 +388,26 @@ def test_corrupt_cache_object_of_a_standardised_image_never_reaches_the_release(
 
 
 @pytest.mark.slow
-def test_corrupt_object_in_the_ingest_store_is_rebuilt_by_repro(demo_repo):
+def test_damaged_object_in_the_ingest_store_is_refused_downstream_and_rebuilt_by_ingest(demo_repo):
     repo = demo_repo
     objects = repo / "data" / "interim" / "ingest" / "objects"
+    standardised = repo / "data" / "interim" / "standardised" / "images"
     victim = sorted(p for p in objects.iterdir() if p.suffix == ".jpg")[0]
     good = victim.read_bytes()
     victim.write_bytes(good[: len(good) // 3])
-    run(["dvc", "repro"], repo)  # ingest sees its output changed and runs again; train_filter no longer breaks
+    # standardise reads an object only to make a new image: with its image gone, it reads the damaged object
+    made = [p for p in standardised.iterdir() if p.name.startswith(victim.stem)]
+    for path in made:
+        path.unlink()
+    failed = run(["dvc", "repro", "--force", "-s", "standardise"], repo, check=False)
+    assert failed.returncode != 0 and "Traceback" not in failed.stdout + failed.stderr
+    assert (f"{victim.name}: the object no longer hashes to the sha256 in objects/index.csv (damaged in the store); "
+            f"make it again from its source with `dvc repro --force -s ingest`") in failed.stdout + failed.stderr
+    run(["dvc", "repro", "--force", "-s", "ingest"], repo)  # what the message says: ingest re-reads the source
     assert victim.read_bytes() == good
+    run(["dvc", "repro"], repo)
+    assert verify(repo / "release").problems == []
+    assert "up to date" in run(["dvc", "status"], repo).stdout
     assert verify(repo / "release").problems == []
 
 

@@ -135,9 +135,25 @@ def read_sheet(path: Path, name: str, sheet: str | None = None,
         workbook.close()
 
 
+# Within one ingest run a file is resolved and stat-ed once (10k members of one zip share one stamp's path and one
+# link check): `new_run()` empties both, so a file changed between runs is seen anew.
+_RUN_MEMO: dict[tuple, object] = {}
+
+
+def new_run() -> None:
+    _RUN_MEMO.clear()
+
+
 def link_outside(root: Path, origin: str) -> str | None:
     """Why `root/origin` may not be read: it is (or passes through) a link resolving outside `root`, or its links
     loop; None when it stays inside. `origin` is the reader's path of the raw file relative to the root."""
+    key = ("outside", str(root), origin)
+    if key not in _RUN_MEMO:
+        _RUN_MEMO[key] = _link_outside(Path(root), origin)
+    return _RUN_MEMO[key]
+
+
+def _link_outside(root: Path, origin: str) -> str | None:
     root = Path(root)
     path = root / origin
     try:
@@ -161,10 +177,12 @@ def file_stamp(path: Path, *context) -> str:
 
     Path, size, modification time in ns and inode: a file rewritten, touched, replaced or checked out anew gets
     a new stamp. `context` (fields joined from an index, options) is serialised as sorted JSON."""
-    path = Path(path).resolve()
-    info = path.stat()
-    return json.dumps([str(path), info.st_size, info.st_mtime_ns, info.st_ino, list(context)], sort_keys=True,
-                      ensure_ascii=False, default=str)
+    key = ("stamp", str(path))
+    if key not in _RUN_MEMO:
+        resolved = Path(path).resolve()
+        info = resolved.stat()
+        _RUN_MEMO[key] = [str(resolved), info.st_size, info.st_mtime_ns, info.st_ino]
+    return json.dumps([*_RUN_MEMO[key], list(context)], sort_keys=True, ensure_ascii=False, default=str)
 
 
 def file_unit(path: Path, origin: str, member: str, fields: dict, unreadable: str) -> Unit:
