@@ -10,14 +10,17 @@ export PATH := $(BIN):$(PATH)
 # before the project, whose range it satisfies; with a GPU, pip resolves the CUDA build from the range.
 # The demo needs only the project; the tests add the `test` extra (the S3 server, the browser driver, the ISIC
 # validator), installed by `make test` on top, so `make demo` on a fresh machine does not wait for them.
+# --no-compile: pip would byte-compile every module of every package (torch, scipy, matplotlib, dvc...), about half
+# of a fresh set-up's time; Python compiles the modules actually imported on first use instead.
+PIP_INSTALL := $(BIN)/pip install --quiet --no-compile --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet "torch==2.13.0"; fi
-	$(BIN)/pip install --quiet -e .
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP_INSTALL) "torch==2.13.0"; fi
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
 # The demo's raw sources, each tracked by its own .dvc file (committed; the sample is deterministic, so `dvc add`
