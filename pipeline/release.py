@@ -21,9 +21,10 @@ Whether a present image is still right is known without reading it from a record
 (`.<name>.state.json`, see `update_images`): its inode, size and mtime when it was last placed and checked. A
 rebuild after 1 % of the images changed links about 1 % of them; the small files (metadata, manifests, card,
 release.json) are written every time. The stage prints what it did (kept, linked, copied, removed).
-Under `dvc repro` the release folder is declared `persist: true` (dvc.yaml), else DVC would delete it before the
-stage runs; DVC then "unprotects" a persistent output first, turning each file that is a link into a private
-copy (see README, "Release linking"), which the record recognises by its bytes.
+Under `dvc repro` the release folder is an ordinary output (dvc.yaml): DVC deletes it before the stage runs, and
+an image whose store file still has the inode, size and mtime recorded when it was last linked and checked is
+linked again without being read. (A persistent output would be updated in place, but DVC "unprotects" one
+first, turning each linked file into a private copy: see README, "Release linking".)
 
 Every manifest has the columns of schemas/manifest-row.schema.json; `ham verify` checks a release or one split
 against them. Same inputs -> same bytes: release.json carries no timestamp and no git revision, because the commit
