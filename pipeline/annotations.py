@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .common import PipelineError, read_csv, write_csv
-from .integrity import CorruptFile, damaged_object, matches, object_sums
+from .integrity import check_objects
 from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
 
 KEY_OF_TYPE = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}
@@ -79,28 +79,23 @@ def collect_annotated(candidates_csv: Path, objects_dir: Path, annotations_csv: 
     candidates = read_csv(candidates_csv, ("candidate_id", "object", "source", "lesion_key"))
     images_dir = Path(out_dir) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    rows, copied = [], []
+    rows, to_copy = [], []
     for row in sorted(candidates, key=lambda r: r["candidate_id"]):
         image_type = labels.get(row["candidate_id"])
         if image_type is None:
             continue
         name = f"{row['candidate_id']}{Path(row['object']).suffix}"
-        target = images_dir / name
-        if not target.exists():
-            source = Path(objects_dir) / row["object"]
-            if not source.exists():
+        if not (images_dir / name).exists():
+            if not (Path(objects_dir) / row["object"]).exists():
                 raise PipelineError(f"{candidates_csv}: object {row['object']} of candidate {row['candidate_id']} "
                                     f"is missing from {objects_dir}")
-            shutil.copyfile(source, target)
-            copied.append((row["object"], target))
+            to_copy.append((row["object"], images_dir / name))
         rows.append({"candidate_id": row["candidate_id"], "file": f"images/{name}", "image_type": image_type,
                      "source": row["source"], "lesion_key": row["lesion_key"]})
-    # The object store is not a DVC output: each copy is checked against the sha256 ingest recorded for it.
-    sums = object_sums(Path(objects_dir))
-    for object_name, target in copied:
-        if sums and not matches(target, sums.get(object_name, "")):
-            target.unlink()
-            raise CorruptFile(damaged_object(Path(objects_dir) / object_name, "the object of an annotated image"))
+    # The object store is not a DVC output: each object is checked against the sha256 ingest recorded for it.
+    check_objects(Path(objects_dir), [object_name for object_name, _ in to_copy], "the object of an annotated image")
+    for object_name, target in to_copy:
+        shutil.copyfile(Path(objects_dir) / object_name, target)
     wanted = {Path(r["file"]).name for r in rows}
     for stale in images_dir.iterdir():
         if stale.name not in wanted:

@@ -179,7 +179,7 @@ class HashStore:
     """`SHA256SUMS` of a persistent output folder: file name -> sha256 recorded when the file was written.
 
     `intact(name)`: the file exists and hashes to its record (a file without a record, e.g. written by a run
-    killed before `save`, is not trusted). `record(name, data)` notes a file just written; `save(names)` keeps
+    killed before `save`, is not trusted). `record(name, sha256)` notes a file just written; `save(names)` keeps
     the records of `names` only. The stage keeps the file out of its own clean-up (`NAME`). With `checked_json`,
     a file whose stat is unchanged since it was last checked is not read again (`CheckedFiles`)."""
 
@@ -202,16 +202,16 @@ class HashStore:
             return self.checked.matches(name, self.sums.get(name, ""))
         return matches(self.folder / name, self.sums.get(name, ""))
 
-    def record(self, name: str, data: bytes) -> None:
-        self.sums[name] = sha256_bytes(data)
-        if self.checked is not None:
-            self.checked.record(name, self.sums[name])
-
-    def record_hash(self, name: str, sha256: str) -> None:
-        """A file a worker wrote (or found intact) and hashed."""
+    def record(self, name: str, sha256: str) -> None:
+        """A file just written (by this process or a worker) from bytes that hash to `sha256`."""
         self.sums[name] = sha256
         if self.checked is not None:
             self.checked.record(name, sha256)
+
+    def size(self, name: str) -> int:
+        """The size of a file `intact` or `record` just stat-ed (with `checked_json`), else read from disk."""
+        stamp = self.checked.new.get(name) if self.checked is not None else None
+        return stamp[3] if stamp else (self.folder / name).stat().st_size
 
     def save(self, names) -> None:
         lines = "".join(f"{self.sums[n]}  {n}\n" for n in sorted(names) if n in self.sums)

@@ -139,7 +139,7 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
             if name not in present:
                 continue
             if sums.intact(name):
-                intact[candidate_id] = (candidate_id, sums.sums[name], sums.checked.new[name][3], "")
+                intact[candidate_id] = (candidate_id, sums.sums[name], sums.size(name), "")
             else:
                 (images_dir / name).unlink()
                 present.discard(name)
@@ -158,7 +158,7 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
                             f"{error}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     wanted = set(names.values())
     for candidate_id, digest, _, _ in made.values():  # the workers' hashes of the files they wrote
-        sums.record_hash(names[candidate_id], digest)
+        sums.record(names[candidate_id], digest)
     sums.save(wanted)
     for name in present - wanted:
         store.remove(name)
