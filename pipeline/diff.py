@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from .common import PipelineError
+from .common import PipelineError, yaml_load
 
 KINDS = ("added", "removed", "relabelled", "metadata", "content", "split_moves")
 FAIL_ON = {"added": "added", "removed": "removed", "relabel": "relabelled", "relabelled": "relabelled",
@@ -52,7 +52,7 @@ class ReleaseAt:
         except PipelineError:
             raise PipelineError(f"{rev}: not a git revision or tag of {self.repo.resolve()}") from None
         try:
-            lock = yaml.safe_load(git(self.repo, "show", f"{self.commit}:dvc.lock")) or {}
+            lock = yaml_load(git(self.repo, "show", f"{self.commit}:dvc.lock")) or {}
         except PipelineError:
             raise PipelineError(f"{rev}: no dvc.lock committed; is the release built and committed there?") from None
         outs = (lock.get("stages", {}).get("release") or {}).get("outs", [])

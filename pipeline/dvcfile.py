@@ -10,11 +10,13 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from .common import yaml_load
+
 
 def dvc_stages(repo: Path) -> dict:
     """The ``stages`` mapping of ``repo/dvc.yaml``; empty where there is none or it cannot be read."""
     try:
-        stages = yaml.safe_load((Path(repo) / "dvc.yaml").read_text(encoding="utf-8")).get("stages")
+        stages = yaml_load((Path(repo) / "dvc.yaml").read_text(encoding="utf-8")).get("stages")
     except (OSError, yaml.YAMLError, AttributeError):
         return {}
     return stages if isinstance(stages, dict) else {}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .common import PipelineError, load_params
+from .common import YAML_LOADER, PipelineError, load_params, yaml_load
 from .schema_messages import Problem, closest, message, show, validator
 
 SECTIONS = ("ingest", "filter", "standardise", "metadata", "split", "release")
@@ -125,8 +125,8 @@ def params_problems(path: str | Path, section: str | None = None, stage: bool = 
     if not text.strip():
         return [Problem(file, None, "", "", "file is empty")]
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=YAML_LOADER)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         return [Problem(file, mark.line + 1 if mark else None, "", "", f"not valid YAML: {getattr(e, 'problem', e)}")]

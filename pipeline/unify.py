@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 
 import yaml
 
-from pipeline.common import PipelineError
+from pipeline.common import PipelineError, yaml_load
 from pipeline.vocabulary import CLASSES, ISIC_CLASS_NODE, ISIC_CLASS_SUBTREES, isic_class_of, isic_refines
 
 EXCLUDE = "exclude"
@@ -93,7 +93,7 @@ def load_rules(path: Optional[Path | str] = None) -> list[Rule]:
     except OSError as error:
         raise RulesError(f"{path}: cannot read rules file ({error.strerror or error})") from error
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as error:
         raise RulesError(f"{path}: not valid YAML: {error}") from error
     return parse_rules(data, source=str(path))
