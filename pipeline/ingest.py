@@ -226,21 +226,29 @@ class IngestResult:
 class ReadCache:
     """Unit key -> the outcome of reading that unit: its items (hash, origin, member, fields) and its rejects
     (reader rejects and image-check rejects alike). Only the keys used in a run are written back, so it never
-    grows beyond the current sources. A damaged or foreign file is ignored and rebuilt."""
+    grows beyond the current sources. A damaged or foreign file is ignored and rebuilt.
+
+    And source key (kind, reader code, folder, options, `sources.tree_stamp` of the folder) -> the whole source's
+    outcome: every entry in the reader's order and the unit keys behind them. A source whose folder did not change
+    at all is replayed from it without running its reader: no listing, no index tables, no unit stamps."""
 
     def __init__(self, path: Path, checked_with: str):
         self.path, self.checked_with = path, checked_with
         self.old: dict[str, list] = {}
         self.new: dict[str, list] = {}
+        self.old_sources: dict[str, dict] = {}
+        self.new_sources: dict[str, dict] = {}
         try:
             stored = json.loads(path.read_text())
             if stored.get("checked_with") == checked_with:
                 self.old = stored["units"]
+                self.old_sources = stored.get("sources", {})
         except (OSError, ValueError, KeyError, AttributeError):
             pass
 
     def save(self) -> None:
-        atomic_write_bytes(self.path, json.dumps({"checked_with": self.checked_with, "units": self.new},
+        atomic_write_bytes(self.path, json.dumps({"checked_with": self.checked_with, "units": self.new,
+                                                  "sources": self.new_sources},
                                                  sort_keys=True, ensure_ascii=False).encode())
 
 
@@ -393,14 +401,31 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
                                                                      "does not exist"))
         reader_version = code_version(read.__module__)
+        source_key = stable_hash(["source", kind, reader_version, str(root), config.get("options"),
+                                  sources.tree_stamp(root)])
+        memo = reads.old_sources.get(source_key)
+        if isinstance(memo, list) and all(replayable(reads.old.get(step["unit"])) if "unit" in step
+                                          else replayable([step]) for step in memo):
+            for step in memo:
+                if "unit" in step:
+                    reads.new[step["unit"]] = reads.old[step["unit"]]
+                    counts["units_cached"] += 1
+                for entry in reads.old[step["unit"]] if "unit" in step else [step]:
+                    if "reason" in entry:
+                        reject(name, entry["origin"], entry["member"], entry["reason"])
+                    else:
+                        take(name, kind, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
+            reads.new_sources[source_key] = memo
+            return
+        outcome: list[dict] = []  # the source's memo: in the reader's order, each entry or {"unit": unit key}
 
         def apply(element, outside: str | None, results: list | None) -> None:
             """One element of the reader, in order; `results`: a unit's items when read ahead (None: not read)."""
             if outside:
-                reject(name, element.origin, getattr(element, "member", ""), outside)
+                outcome.append(reject(name, element.origin, getattr(element, "member", ""), outside))
                 return
             if not isinstance(element, Unit):
-                handle(name, kind, element)
+                outcome.append(handle(name, kind, element))
                 return
             key = stable_hash([kind, reader_version, element.stamp])
             entries = reads.old.get(key)
@@ -415,6 +440,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
                 counts["units_read"] += 1
                 entries = [handle(name, kind, result) for result in (element.read() if results is None else results)]
             reads.new[key] = entries
+            outcome.append({"unit": key})
 
         # Locally each element is taken as it comes. On a cluster, AHEAD elements are read first (the units the
         # read cache cannot replay), their new images vetted in one map on the workers, then taken in order.
@@ -445,6 +471,7 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             if len(prepared) >= (AHEAD if cluster else LOCAL_AHEAD if vetting else 1):
                 drain()
         drain()
+        reads.new_sources[source_key] = outcome
         drain()
 
     try:

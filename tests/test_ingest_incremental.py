@@ -131,3 +131,55 @@ def test_one_new_deck_is_the_only_deck_opened(tmp_path, ham_data, real_images):
     fresh = ingest(source, tmp_path, tmp_path / "fresh", BIG)
     assert fresh.units_read == 3
     assert same_tables(out, tmp_path / "fresh")
+
+
+def test_an_unchanged_source_is_replayed_without_running_its_reader(tmp_path, real_images, monkeypatch):
+    """The source memo: a folder whose files all have the stamps of the last run gives the same tables without
+    its reader listing, matching or stamping anything; any change under the folder runs the reader again."""
+    from pipeline import sources
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [f"img{i}.jpg" for i in range(4)]
+    for name, path in zip(names, real_images):
+        shutil.copyfile(path, src / name)
+    (src / "bad.jpg").write_bytes(b"")
+    (src / "dup.jpg").write_bytes((src / names[0]).read_bytes())  # a duplicate, rejected as one on replay too
+    write_index(src, [*names, "bad.jpg"])
+    with open(src / "index.csv", "a", newline="") as handle:
+        handle.write("dup.jpg,L000,nv\n")  # the same lesion as img0.jpg: a plain duplicate, not a conflict
+    out = tmp_path / "out"
+    first = ingest(export_source(src), tmp_path, out, BIG)
+    tables = {name: (out / name).read_bytes() for name in TABLES}
+
+    real_reader_for = sources.reader_for
+    calls = []
+
+    def counting_reader_for(kind):
+        read = real_reader_for(kind)
+
+        def reader(root, options):
+            calls.append(kind)
+            return read(root, options)
+        reader.__module__ = read.__module__
+        return reader
+
+    monkeypatch.setattr(sources, "reader_for", counting_reader_for)
+    again = ingest(export_source(src), tmp_path, out, BIG)
+    assert calls == [] and (again.units_read, again.units_cached, again.decoded) == (0, 6, 0)
+    assert {name: (out / name).read_bytes() for name in TABLES} == tables
+    assert again.rejects == first.rejects
+
+    (src / "notes.txt").write_text("a file the index does not list")  # still a change under the folder
+    noted = ingest(export_source(src), tmp_path, out, BIG)
+    assert calls == ["export"] and (noted.units_read, noted.units_cached) == (0, 6)
+    assert {name: (out / name).read_bytes() for name in TABLES} == tables
+
+    os.utime(src / names[1], ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    touched = ingest(export_source(src), tmp_path, out, BIG)
+    assert calls == ["export", "export"] and (touched.units_read, touched.decoded) == (1, 0)
+    # and the units of a source replayed whole stay in the read cache for the run after the next change
+    ingest(export_source(src), tmp_path, out, BIG)
+    (src / "notes.txt").unlink()
+    after = ingest(export_source(src), tmp_path, out, BIG)
+    assert (after.units_read, after.units_cached) == (0, 6)

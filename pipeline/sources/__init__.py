@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import importlib
 import json
 import os
@@ -170,6 +171,38 @@ def _link_outside(root: Path, origin: str) -> str | None:
             link, target = candidate.relative_to(root).as_posix(), os.readlink(candidate)
     return (f"{origin}: link {link} -> {target} resolves outside the source folder; links are not followed out "
             f"of a source (copy the file in)")
+
+
+def tree_stamp(root: Path) -> str:
+    """A cheap identity of everything under a source folder: each entry's relative path, kind, size, modification
+    time in ns and inode (a link's target instead of its stat), sha256 over all of it. Any file added, removed,
+    rewritten, touched, replaced or re-linked changes it, as `file_stamp` does for one file; reading the stats of
+    11k files costs tens of milliseconds, where listing and stamping them through the readers costs seconds."""
+    root = os.fspath(root)
+    digest = hashlib.sha256()
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(root, relative) if relative else root), key=lambda e: e.name)
+        except OSError as error:
+            digest.update(f"{relative}\0unreadable {error.errno}\n".encode("utf-8", "surrogateescape"))
+            continue
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                if entry.is_symlink():
+                    line = f"{path}\0link\0{os.readlink(entry.path)}"
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                    line = f"{path}\0dir"
+                else:
+                    info = entry.stat(follow_symlinks=False)
+                    line = f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}"
+            except OSError as error:
+                line = f"{path}\0unreadable {error.errno}"
+            digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
 
 
 def file_stamp(path: Path, *context) -> str:
