@@ -189,18 +189,26 @@ def _common_fields(row: dict, number: int, hierarchy: Mapping[str, str]) -> dict
     }
 
 
-def to_contribution_rows(rows: Iterable[dict], hierarchy: Mapping[str, str] | None = None) -> list[dict]:
+def to_contribution_rows(rows: Iterable[dict], hierarchy: Mapping[str, str] | None = None,
+                         common: list[dict] | None = None) -> list[dict]:
     """One contribution-metadata row (keys CONTRIBUTION_COLUMNS) per release row, in input order; `hierarchy`
-    maps image_id to its ISIC node (missing: the class's node)."""
-    return [{"filename": f"{row.get('image_id', '')}.jpg", **_common_fields(row, number, hierarchy or {})}
-            for number, row in enumerate(rows, start=1)]
+    maps image_id to its ISIC node (missing: the class's node); `common`: the rows' `_common_fields`, when the
+    caller has them already."""
+    rows = list(rows)
+    if common is None:
+        common = [_common_fields(row, number, hierarchy or {}) for number, row in enumerate(rows, start=1)]
+    return [{"filename": f"{row.get('image_id', '')}.jpg", **fields} for row, fields in zip(rows, common)]
 
 
-def to_isic_cli_rows(rows: Iterable[dict], hierarchy: Mapping[str, str], attribution: str, license: str) -> list[dict]:
+def to_isic_cli_rows(rows: Iterable[dict], hierarchy: Mapping[str, str], attribution: str, license: str,
+                     common: list[dict] | None = None) -> list[dict]:
     """One row as isic-cli's metadata.csv has it (keys ISIC_CLI_COLUMNS) per release row, in input order."""
+    rows = list(rows)
+    if common is None:
+        common = [_common_fields(row, number, hierarchy) for number, row in enumerate(rows, start=1)]
     result = []
-    for number, row in enumerate(rows, start=1):
-        fields = _common_fields(row, number, hierarchy)
+    for row, fields in zip(rows, common):
+        fields = dict(fields)
         node, age = fields.pop("diagnosis"), fields.pop("age")
         result.append({"isic_id": row["image_id"], "attribution": attribution, "copyright_license": license,
                        **fields, "age_approx": age, **isic_levels(node)})
@@ -211,8 +219,10 @@ def write_isic_outputs(rows: list[dict], split_dir: Path | str, hierarchy: Mappi
                        license: str) -> list[str]:
     """Write a split's contribution metadata and isic-cli export into split_dir; returns their file names."""
     split_dir = Path(split_dir)
-    write_csv(split_dir / CONTRIBUTION_CSV, to_contribution_rows(rows, hierarchy), CONTRIBUTION_COLUMNS)
-    write_csv(split_dir / ISIC_CLI_CSV, to_isic_cli_rows(rows, hierarchy, attribution, license), ISIC_CLI_COLUMNS)
+    common = [_common_fields(row, number, hierarchy) for number, row in enumerate(rows, start=1)]
+    write_csv(split_dir / CONTRIBUTION_CSV, to_contribution_rows(rows, hierarchy, common), CONTRIBUTION_COLUMNS)
+    write_csv(split_dir / ISIC_CLI_CSV, to_isic_cli_rows(rows, hierarchy, attribution, license, common),
+              ISIC_CLI_COLUMNS)
     return [CONTRIBUTION_CSV, ISIC_CLI_CSV]
 
 

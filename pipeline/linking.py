@@ -44,14 +44,15 @@ def _same_bytes(src: Path, dst: Path) -> bool:
 
 def place(src: Path, dst: Path) -> str:
     """Make `dst` hold `src`'s bytes: "kept" (already did), "linked" (hard link) or "copied" (fallback)."""
-    src, dst = Path(src), Path(dst)
     try:
-        os.link(src, dst)  # the common case, a new release file: one system call
+        os.link(src, dst)  # the common case, a new release file: one system call (str or Path, unconverted)
         return "linked"
     except FileExistsError:
+        src, dst = Path(src), Path(dst)
         if _same_inode(src, dst) and not dst.is_symlink():
             return "kept"
     except FileNotFoundError:
+        src, dst = Path(src), Path(dst)
         if not src.exists():
             raise
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,7 @@ def place(src: Path, dst: Path) -> str:
     except OSError as error:
         if error.errno not in _NO_LINK:
             raise
+        src, dst = Path(src), Path(dst)
     # dst holds something else, or no link can be made: link or copy under a temporary name, then rename over
     # dst, so a killed run never leaves a half-written file and an old dst (maybe a link) is never written through.
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")

@@ -87,42 +87,50 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
         by_split[split_of[row["lesion_id"]]].append(row)
 
     store = os.fspath(standardised_dir)
-    plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", f"{store}/{files[row['image_id']]['file']}",
-             files[row["image_id"]]["sha256"]) for row in rows]
-    placed = update_images(release_dir, plan, state_path(release_dir, state_json))
-    manifest = []
-    for split in SPLITS:
-        if not by_split[split]:
-            continue
-        split_manifest = []
-        for row in by_split[split]:
-            relative = f"images/{row['image_id']}.jpg"
-            # The sha256 each image was checked against as it was placed (or when it was last placed, for one
-            # whose inode, size and mtime are unchanged since), and its size: images are not hashed again.
-            sha, size = placed["files"][f"{split}/{relative}"]
-            split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
-                                   "lesion_id": row["lesion_id"], "dx": row["dx"], "sha256": sha, "bytes": size})
-        write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
-        split_manifest.append({"path": "metadata.csv", "split": split})
-        for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
-                                       params["isic_license"]):
-            split_manifest.append({"path": name, "split": split})
-        split_manifest = [e for e in split_manifest if "sha256" in e] + \
-            fill_hashes(release_dir / split, [e for e in split_manifest if "sha256" not in e])
-        split_manifest.sort(key=lambda e: e["path"])
-        write_csv(release_dir / split / "manifest.csv", split_manifest, MANIFEST_COLUMNS)
-        manifest += [{**entry, "path": f"{split}/{entry['path']}"} for entry in split_manifest]
-        manifest.append({"path": f"{split}/manifest.csv", "split": split})
-
-    attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
-    atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
-    manifest.append({"path": "ATTRIBUTION.md"})
-
     summary = summarise(rows, by_split)
-    from .card import write_card  # matplotlib is imported only where the card is drawn
+    from .card import start_card  # matplotlib is imported only where the card is drawn
 
-    for path in write_card(release_dir, {s: by_split[s] for s in SPLITS if by_split[s]}, params, summary):
-        manifest.append({"path": path})
+    # Drawn from the store's files (the bytes each image is checked against as it is placed) while the images are
+    # linked and the tables written.
+    card = start_card(release_dir, {row["image_id"]: f"{store}/{files[row['image_id']]['file']}" for row in rows},
+                      {s: by_split[s] for s in SPLITS if by_split[s]}, params, summary)
+    try:
+        plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", f"{store}/{files[row['image_id']]['file']}",
+                 files[row["image_id"]]["sha256"]) for row in rows]
+        placed = update_images(release_dir, plan, state_path(release_dir, state_json))
+        manifest = []
+        for split in SPLITS:
+            if not by_split[split]:
+                continue
+            split_manifest = []
+            for row in by_split[split]:
+                relative = f"images/{row['image_id']}.jpg"
+                # The sha256 each image was checked against as it was placed (or when it was last placed, for one
+                # whose inode, size and mtime are unchanged since), and its size: images are not hashed again.
+                sha, size = placed["files"][f"{split}/{relative}"]
+                split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
+                                       "lesion_id": row["lesion_id"], "dx": row["dx"], "sha256": sha, "bytes": size})
+            write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
+            split_manifest.append({"path": "metadata.csv", "split": split})
+            for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
+                                           params["isic_license"]):
+                split_manifest.append({"path": name, "split": split})
+            split_manifest = [e for e in split_manifest if "sha256" in e] + \
+                fill_hashes(release_dir / split, [e for e in split_manifest if "sha256" not in e])
+            split_manifest.sort(key=lambda e: e["path"])
+            write_csv(release_dir / split / "manifest.csv", split_manifest, MANIFEST_COLUMNS)
+            manifest += [{**entry, "path": f"{split}/{entry['path']}"} for entry in split_manifest]
+            manifest.append({"path": f"{split}/manifest.csv", "split": split})
+
+        attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
+        atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
+        manifest.append({"path": "ATTRIBUTION.md"})
+
+        for path in card.finish():
+            manifest.append({"path": path})
+    except BaseException:
+        card.abandon()  # a damaged image, say: the drawing is not waited for
+        raise
 
     inputs = {name: sha256_file(Path(path)) for name, path in
               (("metadata.csv", metadata_csv), ("images.csv", images_csv), ("splits.csv", splits_csv))}
@@ -151,6 +159,11 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
 
 
 STATE_VERSION = 1
+# An image's mode is left alone when it is readable by all and writable by none but the owner: 0644 as placed, or
+# 0444 where DVC protected the inode it shares with the cache. Setting 0644 again on every run would make DVC's
+# check of each cache object take its slow path (a cache file not in DVC's mode is hashed again through its state
+# database, then protected again).
+READABLE_MODES = (RELEASE_MODE, 0o444)
 
 
 def state_path(release_dir: Path, state_json: Path | None = None) -> Path:
@@ -184,6 +197,7 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
     kept = rehashed = linked = copied = relinked = 0
     files, record = {}, {}
     base = os.fspath(release_dir)
+    made: set[str] = set()  # folders known to exist
     # Plain strings and locals in this loop: it runs for every image on every run, and is all a rebuild costs
     # for an image that did not change.
     for path, source, sha in plan:
@@ -212,8 +226,11 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
                 # The store file is the one linked here and checked last time (a hard link shares its inode,
                 # size and mtime), unchanged since: DVC removed release/ before the stage (it is not a
                 # persistent output), so the image is linked again without reading it.
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                place(Path(source), Path(target))
+                folder = os.path.dirname(target)
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                place(source, target)
                 relinked += 1
             else:
                 # A hard link from the standardised store (a copy across devices), checked against the sha256 the
@@ -225,7 +242,7 @@ def update_images(release_dir: Path, plan: list[tuple[str, Path, str]], state_js
             else:
                 copied += 1
             entry = None
-        if stat.st_mode & 0o7777 != RELEASE_MODE:
+        if stat.st_mode & 0o7777 not in READABLE_MODES:
             os.chmod(target, RELEASE_MODE)
         files[path] = (sha, stat.st_size)
         record[path] = entry or [sha, source, stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns]
@@ -259,7 +276,7 @@ def remove_stale(release_dir: Path, keep: set[str], checked: set[str] | dict = f
                     os.unlink(entry.path)
                     removed += 1
                     continue
-                elif relative not in checked and entry.stat(follow_symlinks=False).st_mode & 0o7777 != RELEASE_MODE:
+                elif relative not in checked and entry.stat(follow_symlinks=False).st_mode & 0o7777 not in READABLE_MODES:
                     os.chmod(entry.path, RELEASE_MODE)
                 left += 1
         return left == 0

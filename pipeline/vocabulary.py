@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import lru_cache
 
 # ------------------------------------------------------------------------------------------------ diagnosis classes
 
@@ -258,6 +259,7 @@ def isic_under(node: str, root: str) -> bool:
     return node == root or node.startswith(root + ISIC_SEPARATOR)
 
 
+@lru_cache(maxsize=4096)  # a release asks it for every row, of a few dozen distinct nodes
 def isic_class_of(node: str) -> str:
     """The class whose subtrees hold `node`, or '' (the subtrees of different classes do not overlap)."""
     for dx, roots in ISIC_CLASS_SUBTREES.items():
