@@ -25,6 +25,7 @@ listed as duplicates (`duplicate_of`, `duplicate_reason`); `pipeline/dedupe.py` 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -85,8 +86,10 @@ def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
     """Worker: write one image's standardised file unless present; (candidate_id, sha256, bytes, error).
     The objects and the images may be local folders or S3 stores (`stores`); a file already there is kept only
     while it hashes to `expected` (what SHA256SUMS recorded) where one is given; the write is atomic, so a task
-    run twice (a worker lost mid-run) writes the same bytes."""
-    candidate_id, objects, object_name, images, name, recipe, options, expected, object_sha = task
+    run twice (a worker lost mid-run) writes the same bytes. `previous`: the candidate's file of another recipe
+    (local stores only): where the new bytes are the same, the new name is linked to its inode instead of written
+    (a code change that leaves the output alone keeps every file's inode, which DVC's cache shares)."""
+    candidate_id, objects, object_name, images, name, recipe, options, expected, object_sha, previous = task
     try:
         source, target = open_store(objects, options), open_store(images, options)
         if isinstance(target, LocalStore) and isinstance(source, LocalStore):  # the local path, as before
@@ -97,7 +100,8 @@ def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
                     return candidate_id, "", 0, damaged_object(source.path(object_name), "the object")
                 with Image.open(io.BytesIO(raw)) as image:
                     data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
-                atomic_write_bytes(path, data)
+                if not (previous and _link_if_same(target.path(previous), path, data)):
+                    atomic_write_bytes(path, data)
                 return candidate_id, sha256_bytes(data), len(data), ""
             return candidate_id, sha256_file(path), path.stat().st_size, ""
         if target.exists(name):
@@ -110,6 +114,21 @@ def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
         return candidate_id, sha256_bytes(data), len(data), ""
     except Exception as error:  # reported by the parent with the candidate named, never as a worker traceback
         return candidate_id, "", 0, f"{type(error).__name__}: {error}"
+
+
+def _link_if_same(previous: Path, path: Path, data: bytes) -> bool:
+    """Give `path` the inode of `previous` when that file holds exactly `data` (via a temporary name, so `path`
+    appears whole or not at all); False where it does not or cannot."""
+    try:
+        if previous.stat().st_size != len(data) or previous.read_bytes() != data:
+            return False
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.unlink(missing_ok=True)
+        os.link(previous, temporary)
+        os.replace(temporary, path)
+        return True
+    except OSError:
+        return False
 
 
 def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, params: dict, images_dir: Path,
@@ -144,9 +163,12 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
                 (images_dir / name).unlink()
                 present.discard(name)
     processed = sum(1 for name in names.values() if name not in present)
+    # each candidate's file of another recipe, if any: new bytes identical to it keep its inode (_link_if_same)
+    earlier = {name.split("-", 1)[0]: name for name in present if "-" in name} if local else {}
     object_shas = object_sums(objects_dir) if not is_remote(objects) else {}
     tasks = [(c, objects, candidates[c]["object"], store.location, names[c], {k: params[k] for k in RECIPE_PARAMS},
-              compute.options, sums.sums.get(names[c], ""), object_shas.get(candidates[c]["object"], ""))
+              compute.options, sums.sums.get(names[c], ""), object_shas.get(candidates[c]["object"], ""),
+              earlier.get(c, "") if earlier.get(c) != names[c] else "")
              for c in kept if c not in intact]
     made = {result[0]: result for result in run_map(_standardise_one, tasks, compute, "standardise",
                                                      params.get("workers"))}

@@ -379,3 +379,31 @@ def test_stage_same_bytes_for_any_number_of_workers(tmp_path, real_images):
         assert counts["processed"] == len(files)
         outputs.append((index.read_bytes(), {p.name: p.read_bytes() for p in sorted(images_dir.iterdir())}))
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_code_change_with_the_same_output_keeps_each_files_inode(tmp_path, real_images, monkeypatch):
+    """A new recipe key whose images come out byte for byte the same (an edit to a module the recipe imports)
+    links each new name to the old file's inode, the one DVC's cache and the release share, instead of writing a
+    second copy that would make DVC hash and re-link every released image on every later run."""
+    import pipeline.standardise as stage
+
+    files = {f"img{i}.jpg": real_images[120 + i].read_bytes() for i in range(4)}
+    ingest_dir, candidates = _ingest(tmp_path, files)
+    decisions = _decisions(tmp_path / "decisions.csv", candidates)
+    images_dir, index = tmp_path / "std", tmp_path / "std.csv"
+    standardise(ingest_dir / "candidates.csv", decisions, ingest_dir / "objects", PARAMS, images_dir, index)
+    before = {r["candidate_id"]: ((images_dir / r["file"]).stat().st_ino, r["sha256"]) for r in read_csv(index)}
+
+    monkeypatch.setattr(stage, "code_version", lambda *modules, **kw: "an edited module")
+    counts = standardise(ingest_dir / "candidates.csv", decisions, ingest_dir / "objects", PARAMS, images_dir, index)
+    assert counts["processed"] == 4
+    rows = read_csv(index)
+    assert all(before[r["candidate_id"]][0] != 0 and r["file"].endswith(f"-{stage.recipe_key(PARAMS)}.jpg")
+               for r in rows)
+    assert {r["candidate_id"]: ((images_dir / r["file"]).stat().st_ino, r["sha256"]) for r in rows} == before
+    assert {p.name for p in images_dir.iterdir()} - {"SHA256SUMS"} == {r["file"] for r in rows}
+
+    changed = standardise(ingest_dir / "candidates.csv", decisions, ingest_dir / "objects", {**PARAMS, "quality": 90},
+                          images_dir, index)
+    assert changed["processed"] == 4
+    assert not {(images_dir / r["file"]).stat().st_ino for r in read_csv(index)} & {i for i, _ in before.values()}
