@@ -4,20 +4,20 @@ authors' keyboard tool) and the `annotated` stage, which gathers the annotated c
 `IMAGE` is the candidate's sha256 (the image file's raw bytes); a later row for the same image overrides an earlier
 one, so work can stop and resume at any time. An unknown key is an error naming the file and row.
 
-`collect_annotated` copies each annotated candidate's stored object into its own folder with an index
-(candidate_id, file, image_type, source, lesion_key). It is the only thing `train_filter` reads, so DVC retrains
-only when the annotated images or their labels change: adding a batch of unannotated material re-runs this cheap
-stage, whose output comes out byte-identical, and DVC then skips training.
+`collect_annotated` links (across devices: copies) each annotated candidate's stored object into its own folder
+with an index (candidate_id, file, image_type, source, lesion_key). It is the only thing `train_filter` reads, so
+DVC retrains only when the annotated images or their labels change: adding a batch of unannotated material re-runs
+this cheap stage, whose output comes out byte-identical, and DVC then skips training.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .common import PipelineError, read_csv, write_csv
 from .integrity import check_objects
+from .linking import place
 from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
 
 KEY_OF_TYPE = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}
@@ -72,7 +72,7 @@ def truncate_annotations(path: Path, length: int) -> None:
 
 
 def collect_annotated(candidates_csv: Path, objects_dir: Path, annotations_csv: Path, out_dir: Path) -> dict:
-    """Copy the annotated candidates' objects to `out_dir/images/` and write `out_dir/index.csv`, sorted by
+    """Link the annotated candidates' objects to `out_dir/images/` (`linking.place`) and write `out_dir/index.csv`, sorted by
     candidate_id. Files of images no longer annotated are removed. Annotations of images not (yet) among the
     candidates wait for them."""
     labels = read_annotations(Path(annotations_csv))
@@ -95,7 +95,9 @@ def collect_annotated(candidates_csv: Path, objects_dir: Path, annotations_csv: 
     # The object store is not a DVC output: each object is checked against the sha256 ingest recorded for it.
     check_objects(Path(objects_dir), [object_name for object_name, _ in to_copy], "the object of an annotated image")
     for object_name, target in to_copy:
-        shutil.copyfile(Path(objects_dir) / object_name, target)
+        # a hard link (a copy across devices): DVC's cache then shares the object's inode, as the release does the
+        # standardised store's, so a re-run after new material neither copies nor md5-hashes these images again
+        place(Path(objects_dir) / object_name, target)
     wanted = {Path(r["file"]).name for r in rows}
     for stale in images_dir.iterdir():
         if stale.name not in wanted:

@@ -117,7 +117,7 @@ def ingest(params_path, out):
 @path_option("--out", "data/interim/annotated", "Folder of the annotated images and their index.")
 @friendly_errors
 def collect_annotated(params_path, candidates, objects, out):
-    """Copy the annotated candidates' images and labels into their own folder: all that training reads."""
+    """Gather the annotated candidates' images (hard links) and labels in their own folder: all training reads."""
     from .annotations import collect_annotated as run
 
     params = section(params_path, "filter")
