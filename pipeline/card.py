@@ -6,9 +6,9 @@ files, so the same release gives the same bytes):
     card/class_distribution.png   images per class, one bar per split
     card/dx_type_per_class.png    how each class's diagnosis was confirmed (stacked bars)
     card/contact_sheet.png        sample images per class (the first by image ID), one row per class
-`write_card` returns the paths it wrote, relative to the release folder, for the manifest. `start_card` draws the
-same card in a second process while the caller goes on (the release links its images and writes its tables
-meanwhile; matplotlib's import and drawing are about a second), and its `finish()` writes it.
+`CardDrawing` draws the card in a second process while the caller goes on (the release links its images and
+writes its tables meanwhile; matplotlib's import and drawing are about a second); its `finish()` writes the files
+and returns their paths, relative to the release folder, for the manifest.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import io
 import multiprocessing
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -83,11 +82,9 @@ def dx_type_png(rows: list[dict], classes: list[str]) -> bytes:
     return _figure_png(figure)
 
 
-def contact_sheet_png(release_dir: Path | Callable[[str, str], str], by_split: dict, classes: list[str]) -> bytes:
+def contact_sheet_png(image_paths: dict[str, str], by_split: dict, classes: list[str]) -> bytes:
     """One row per class: the first SAMPLES_PER_CLASS images of that class by image ID, across splits.
-    `release_dir`: the release folder, or a function of (split, image_id) giving the path of the image's bytes."""
-    image_path = release_dir if callable(release_dir) else \
-        (lambda split, image_id: Path(release_dir) / split / "images" / f"{image_id}.jpg")
+    `image_paths`: image ID -> a file holding the image's bytes."""
     images = sorted((r["image_id"], split, r["dx"]) for split, rows in by_split.items() for r in rows)
     picked = {c: [(i, s) for i, s, dx in images if dx == c][:SAMPLES_PER_CLASS] for c in classes}
     sheet = Image.new("RGB", (LABEL_WIDTH + SAMPLES_PER_CLASS * (THUMB[0] + 2), len(classes) * (THUMB[1] + 2)),
@@ -98,7 +95,7 @@ def contact_sheet_png(release_dir: Path | Callable[[str, str], str], by_split: d
         top = row * (THUMB[1] + 2)
         draw.text((6, top + THUMB[1] // 2 - 6), dx, fill="black", font=font)
         for column, (image_id, split) in enumerate(picked[dx]):
-            with Image.open(image_path(split, image_id)) as image:
+            with Image.open(image_paths[image_id]) as image:
                 thumb = image.convert("RGB").resize(THUMB, Image.BILINEAR)
             sheet.paste(thumb, (LABEL_WIDTH + column * (THUMB[0] + 2), top))
     buffer = io.BytesIO()
@@ -147,46 +144,33 @@ def card_text(by_split: dict, params: dict, summary: dict, classes: list[str]) -
     return "\n".join(parts)
 
 
-def draw_card(images: Path | Callable[[str, str], str], by_split: dict, params: dict, summary: dict) -> dict:
-    """The card's files: path relative to the release folder -> bytes. `images` as for `contact_sheet_png`."""
+def draw_card(image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> dict:
+    """The card's files: path relative to the release folder -> bytes (`image_paths` as for `contact_sheet_png`)."""
     by_split = {s: rows for s, rows in by_split.items() if rows}
     classes = sorted({r["dx"] for rows in by_split.values() for r in rows})
     rows = [r for rows in by_split.values() for r in rows]
     return {"card/class_distribution.png": class_distribution_png(by_split, classes),
             "card/dx_type_per_class.png": dx_type_png(rows, classes),
-            "card/contact_sheet.png": contact_sheet_png(images, by_split, classes),
+            "card/contact_sheet.png": contact_sheet_png(image_paths, by_split, classes),
             "CARD.md": card_text(by_split, params, summary, classes).encode()}
 
 
-def write_card(release_dir: Path, by_split: dict, params: dict, summary: dict) -> list[str]:
-    release_dir = Path(release_dir)
-    outputs = draw_card(release_dir, by_split, params, summary)
-    for name, data in outputs.items():
-        atomic_write_bytes(release_dir / name, data)
-    return sorted(outputs)
-
-
-class _Drawn:
-    def __init__(self, outputs: dict):
-        self.outputs = outputs
-
-    def result(self) -> dict:
-        return self.outputs
-
-
-class CardInProgress:
-    """The card being drawn (in a second process where this machine has more than one core); `finish()` waits for
-    it, writes its files into the release folder and returns their paths."""
+class CardDrawing:
+    """Start drawing the card of a release whose images are not all placed yet (in a second process where this
+    machine has more than one core): `image_paths` maps each image ID to a file with its bytes (the standardised
+    store's). `finish()` waits for it, writes its files into the release folder and returns their paths."""
 
     def __init__(self, release_dir: Path, image_paths: dict[str, str], by_split: dict, params: dict, summary: dict):
         self.release_dir = Path(release_dir)
         job = (image_paths, by_split, params, summary)
+        self.pool = None
         if (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods():
             # fork: the child has the rows already, and starts without importing this package again
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
             self.future = self.pool.submit(_draw_job, job)
         else:
-            self.pool, self.future = None, _Drawn(_draw_job(job))
+            self.future = Future()
+            self.future.set_result(_draw_job(job))
 
     def abandon(self) -> None:
         if self.pool is not None:
@@ -204,12 +188,4 @@ class CardInProgress:
 
 
 def _draw_job(job: tuple) -> dict:
-    image_paths, by_split, params, summary = job
-    return draw_card(lambda split, image_id: image_paths[image_id], by_split, params, summary)
-
-
-def start_card(release_dir: Path, image_paths: dict[str, str], by_split: dict, params: dict,
-               summary: dict) -> CardInProgress:
-    """Start drawing the card of a release whose images are not all placed yet: `image_paths` maps each image ID
-    to a file with its bytes (the standardised store's)."""
-    return CardInProgress(release_dir, image_paths, by_split, params, summary)
+    return draw_card(*job)

@@ -88,14 +88,14 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
 
     store = os.fspath(standardised_dir)
     summary = summarise(rows, by_split)
-    from .card import start_card  # matplotlib is imported only where the card is drawn
+    from .card import CardDrawing  # matplotlib is imported only where the card is drawn
 
     # Drawn from the store's files (the bytes each image is checked against as it is placed) while the images are
     # linked and the tables written.
-    card = start_card(release_dir, {row["image_id"]: f"{store}/{files[row['image_id']]['file']}" for row in rows},
-                      {s: by_split[s] for s in SPLITS if by_split[s]}, params, summary)
+    source_of = {row["image_id"]: f"{store}/{files[row['image_id']]['file']}" for row in rows}
+    card = CardDrawing(release_dir, source_of, {s: by_split[s] for s in SPLITS if by_split[s]}, params, summary)
     try:
-        plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", f"{store}/{files[row['image_id']]['file']}",
+        plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", source_of[row["image_id"]],
                  files[row["image_id"]]["sha256"]) for row in rows]
         placed = update_images(release_dir, plan, state_path(release_dir, state_json))
         manifest = []

@@ -25,7 +25,6 @@ listed as duplicates (`duplicate_of`, `duplicate_reason`); `pipeline/dedupe.py` 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -34,6 +33,7 @@ from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, sha256_file, stable_hash, write_csv
 from .imaging import EXIF_ORIENTATION, to_rgb
 from .integrity import HashStore, check_cover_geometry, damaged_object, object_sums
+from .linking import place
 from .executors import LOCAL, Compute, run_map
 from .stores import LocalStore, is_remote, open_store
 
@@ -117,15 +117,12 @@ def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
 
 
 def _link_if_same(previous: Path, path: Path, data: bytes) -> bool:
-    """Give `path` the inode of `previous` when that file holds exactly `data` (via a temporary name, so `path`
-    appears whole or not at all); False where it does not or cannot."""
+    """Give `path` the inode of `previous` (`linking.place`: a hard link, else a copy) when that file holds exactly
+    `data`; False where it does not."""
     try:
         if previous.stat().st_size != len(data) or previous.read_bytes() != data:
             return False
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.unlink(missing_ok=True)
-        os.link(previous, temporary)
-        os.replace(temporary, path)
+        place(previous, path)
         return True
     except OSError:
         return False
