@@ -10,7 +10,7 @@ one's whole view and any view of the other. Images at most `dedupe.max_distance`
 standardised bytes) are joined into groups (transitively); pairs further apart but within
 `dedupe.review_distance` go to a review list for a person to look at. The phash is computed here, for all the
 views at once (`image_hashes`: each window resampled straight from a quarter-scale JPEG decode through a
-fractional box, one DCT call for the 29 views), rather than by calling `imagehash.phash` per cropped view: with
+fractional box, one DCT product for the 29 views), rather than by calling `imagehash.phash` per cropped view: with
 29 views a image the per-call crop, resample and DCT were the stage's largest cost. Side by side on the 490 real
 images (`python -m benchmarks.bench_dedupe`, same load): 17.4 s with imagehash per view at half-scale decoding,
 8.6 s this way.
@@ -53,7 +53,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.fft import dct
 
 from .common import PipelineError, atomic_write_bytes, read_csv, stable_hash, write_csv
 from .executors import Compute, run_map
@@ -68,6 +67,11 @@ EDGE_ZOOMS = (1.03, 1.045, 1.06, 1.075)
 CENTRE_ZOOMS = (1.09, 1.105, 1.12, 1.135, 1.15, 1.165, 1.18, 1.195)
 ANCHORS = ((0.5, 0.5), (0.0, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0))  # share of the margin left of / above it
 HASH_SIZE = 16
+# The DCT-II (scipy's unnormalised type 2, as imagehash uses) of a 4 x HASH_SIZE side, lowest HASH_SIZE rows only:
+# the 2-D transform of a view is DCT @ view @ DCT.T. On the 490 real images' 29 views it gave the same hash bits as
+# scipy.fft.dct (coefficients within 1e-9), 6x faster, and spares every `ham standardise` scipy's 0.3 s import.
+_SIDE = 4 * HASH_SIZE
+DCT = 2 * np.cos(np.pi * np.arange(HASH_SIZE)[:, None] * (2 * np.arange(_SIDE)[None, :] + 1) / (2 * _SIDE))
 DUPLICATES_COLUMNS = ("group", "candidate_id", "source", "origin", "member", "distance", "kept", "reason")
 DEFAULTS = {"max_distance": 10, "review_distance": 30}  # params standardise.dedupe, where it is not given
 REVIEW_COLUMNS = ("distance", "candidate_a", "source_a", "origin_a", "member_a", "candidate_b", "source_b",
@@ -88,18 +92,17 @@ def image_hashes(image: Image.Image, view_list=None) -> np.ndarray:
 
     imagehash's phash, computed for all the views at once: each view resampled (Lanczos) straight from the grey
     image to 4 x HASH_SIZE pixels a side through a fractional box (no crop, no rounding of the window), then the
-    2-D DCT of every view in one call, the lowest HASH_SIZE x HASH_SIZE coefficients compared with their median."""
+    2-D DCT of every view in one product (`DCT`), the lowest HASH_SIZE x HASH_SIZE coefficients compared with their median."""
     grey = image.convert("L")
     width, height = grey.size
-    side = 4 * HASH_SIZE
+    side = _SIDE
     views = []
     for zoom, x, y in view_list or VIEWS:
         crop_w, crop_h = width / zoom, height / zoom
         left, top = (width - crop_w) * x, (height - crop_h) * y
         views.append(np.asarray(grey.resize((side, side), Image.LANCZOS, box=(left, top, left + crop_w,
                                                                                 top + crop_h))))
-    coefficients = dct(dct(np.stack(views).astype(np.float64), axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE]
-    coefficients = coefficients.reshape(len(views), -1)
+    coefficients = (DCT @ np.stack(views).astype(np.float64) @ DCT.T).reshape(len(views), -1)
     bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
 
@@ -270,14 +273,13 @@ class _Groups:
 
 def hashed_with() -> str:
     """What the hashes depend on besides the image: this code (its import closure), the views, Pillow's
-    resampling and scipy's DCT."""
+    resampling and numpy's arithmetic."""
     import PIL
-    import scipy
 
     from .codedeps import code_version
 
     return stable_hash({"code": code_version(__name__), "views": VIEWS, "size": HASH_SIZE,
-                        "pillow": PIL.__version__, "scipy": scipy.__version__})[:12]
+                        "pillow": PIL.__version__, "numpy": np.__version__})[:12]
 
 
 def _load_cache(path: Path | None, version: str) -> dict[str, str]:
