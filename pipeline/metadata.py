@@ -19,6 +19,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 from .common import PipelineError, read_csv, write_csv
@@ -81,10 +82,16 @@ def normalise(candidate: dict, rules, params: dict) -> dict:
             "isic_diagnosis": isic}
 
 
+@lru_cache(maxsize=4096)
+def _extra(text: str) -> dict:
+    """A candidate's `extra` JSON, parsed once for the many rows that share one (read only: it is shared)."""
+    return json.loads(text)
+
+
 def isic_diagnosis_of(candidate: dict, dx: str, rules) -> str:
     """The ISIC node of a candidate whose source gives its class: the node the source names (an `isic` export)
     if it lies under dx, else the node the rules find in its report if they find dx too, else dx's own node."""
-    named = json.loads(candidate.get("extra") or "{}").get("isic_diagnosis", "")
+    named = _extra(candidate.get("extra") or "{}").get("isic_diagnosis", "")
     if named and isic_class_of(named) == dx:
         return named
     if candidate["diagnosis"].strip():
@@ -99,7 +106,7 @@ def dataset_of(candidate: dict) -> str | None:
     or the source's declared `dataset`, which ingest writes there), else the source's name where it is one of
     the release's datasets. Images of a public-release kind (ham10000, isic) that record none are 'unknown'.
     None where nothing says: a configuration problem of the source (see `check_datasets`)."""
-    recorded = json.loads(candidate.get("extra") or "{}").get("dataset", "")
+    recorded = _extra(candidate.get("extra") or "{}").get("dataset", "")
     if recorded:
         return recorded
     if candidate["source"] in DATASETS:
