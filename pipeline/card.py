@@ -6,9 +6,10 @@ files, so the same release gives the same bytes):
     card/class_distribution.png   images per class, one bar per split
     card/dx_type_per_class.png    how each class's diagnosis was confirmed (stacked bars)
     card/contact_sheet.png        sample images per class (the first by image ID), one row per class
-`CardDrawing` draws the card in a second process while the caller goes on (the release links its images and
-writes its tables meanwhile; matplotlib's import and drawing are about a second); its `finish()` writes the files
-and returns their paths, relative to the release folder, for the manifest.
+`CardDrawing` draws the plots in a second process, forked when the release starts, while the caller goes on
+(the release reads its tables, links its images and writes its tables meanwhile; matplotlib's import and
+drawing are about a second); its `finish()` draws the contact sheet and CARD.md, writes the files and returns
+their paths, relative to the release folder, for the manifest.
 """
 from __future__ import annotations
 
@@ -148,31 +149,50 @@ def card_text(by_split: dict, params: dict, summary: dict, classes: list[str]) -
 
 def draw_card(image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> dict:
     """The card's files: path relative to the release folder -> bytes (`image_paths` as for `contact_sheet_png`)."""
-    by_split = {s: rows for s, rows in by_split.items() if rows}
-    classes = sorted({r["dx"] for rows in by_split.values() for r in rows})
+    return {**plots(by_split), **sheet_and_text(image_paths, by_split, params, summary)}
+
+
+def _classes(by_split: dict) -> list[str]:
+    return sorted({r["dx"] for rows in by_split.values() for r in rows})
+
+
+def plots(by_split: dict) -> dict:
+    """The matplotlib plots: they read each row's dx and dx_type only."""
+    classes = _classes(by_split)
     rows = [r for rows in by_split.values() for r in rows]
     return {"card/class_distribution.png": class_distribution_png(by_split, classes),
-            "card/dx_type_per_class.png": dx_type_png(rows, classes),
-            "card/contact_sheet.png": contact_sheet_png(image_paths, by_split, classes),
+            "card/dx_type_per_class.png": dx_type_png(rows, classes)}
+
+
+def sheet_and_text(image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> dict:
+    classes = _classes(by_split)
+    return {"card/contact_sheet.png": contact_sheet_png(image_paths, by_split, classes),
             "CARD.md": card_text(by_split, params, summary, classes).encode()}
 
 
 class CardDrawing:
-    """Start drawing the card of a release whose images are not all placed yet (in a second process where this
-    machine has more than one core): `image_paths` maps each image ID to a file with its bytes (the standardised
-    store's). `finish()` waits for it, writes its files into the release folder and returns their paths."""
+    """The data card of a release, drawn while the release links its images and writes its tables.
 
-    def __init__(self, release_dir: Path, image_paths: dict[str, str], by_split: dict, params: dict, summary: dict):
+    Made when the release starts: where this machine has more than one core it forks a second process, which
+    imports matplotlib (half a second) while the release reads its tables. `draw(...)` hands that process the
+    plots (each row's dx and dx_type); `finish()`, called once the caller's own work is done, draws the contact
+    sheet and CARD.md here, waits for the plots, writes the files into the release folder and returns their
+    paths. With one core everything is drawn in `finish()`. The bytes are `draw_card`'s either way."""
+
+    def __init__(self, release_dir: Path):
         self.release_dir = Path(release_dir)
-        job = (image_paths, by_split, params, summary)
-        self.pool = None
+        self.pool = self.plots = self.job = None
         if (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            # fork: the child has the rows already, and starts without importing this package again
+            # fork: the child starts without importing this package again
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            self.future = self.pool.submit(_draw_job, job)
-        else:
-            self.future = Future()
-            self.future.set_result(_draw_job(job))
+            self.pool.submit(_import_matplotlib)
+
+    def draw(self, image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> None:
+        """`image_paths` maps each image ID to a file with its bytes (the standardised store's)."""
+        self.job = (image_paths, by_split, params, summary)
+        if self.pool is not None:
+            slim = {split: [{"dx": r["dx"], "dx_type": r["dx_type"]} for r in rows] for split, rows in by_split.items()}
+            self.plots = self.pool.submit(plots, slim)
 
     def abandon(self) -> None:
         if self.pool is not None:
@@ -180,14 +200,18 @@ class CardDrawing:
 
     def finish(self) -> list[str]:
         try:
-            outputs = self.future.result()
+            if self.plots is None:
+                outputs = draw_card(*self.job)
+            else:
+                outputs = {**sheet_and_text(*self.job), **self.plots.result()}
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
-        for name, data in outputs.items():
+        for name, data in sorted(outputs.items()):
             atomic_write_bytes(self.release_dir / name, data)
         return sorted(outputs)
 
 
-def _draw_job(job: tuple) -> dict:
-    return draw_card(*job)
+def _import_matplotlib() -> None:
+    from matplotlib.figure import Figure  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401

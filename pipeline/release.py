@@ -74,6 +74,20 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
 
     Updates `release_dir` in place (see the module docstring); `state_json` is the placement record (default
     `state_path`); `report`, when given, receives what was done: kept, rehashed, linked, copied, removed."""
+    from .card import CardDrawing  # matplotlib is imported only where the card is drawn
+
+    card = CardDrawing(release_dir)  # forks the card's drawing process now, so its imports overlap the reading
+    try:
+        return _build_release(card, metadata_csv, images_csv, splits_csv, standardised_dir, params, release_dir,
+                              summary_json, all_params, state_json, report)
+    except BaseException:
+        card.abandon()  # a damaged image, say: the drawing is not waited for
+        raise
+
+
+def _build_release(card, metadata_csv: Path, images_csv: Path, splits_csv: Path, standardised_dir: Path,
+                   params: dict, release_dir: Path, summary_json: Path, all_params: dict | None,
+                   state_json: Path | None, report: dict | None) -> dict:
     rows = read_csv(metadata_csv, HAM_COLUMNS)
     files = {r["image_id"]: r for r in read_csv(images_csv, ("image_id", "file", "sha256"))}
     hierarchy = isic_diagnoses(images_csv)  # image_id -> ISIC diagnosis node, for the ISIC outputs
@@ -88,49 +102,43 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
 
     store = os.fspath(standardised_dir)
     summary = summarise(rows, by_split)
-    from .card import CardDrawing  # matplotlib is imported only where the card is drawn
-
     # Drawn from the store's files (the bytes each image is checked against as it is placed) while the images are
     # linked and the tables written.
     source_of = {row["image_id"]: f"{store}/{files[row['image_id']]['file']}" for row in rows}
-    card = CardDrawing(release_dir, source_of, {s: by_split[s] for s in SPLITS if by_split[s]}, params, summary)
-    try:
-        plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", source_of[row["image_id"]],
-                 files[row["image_id"]]["sha256"]) for row in rows]
-        placed = update_images(release_dir, plan, state_path(release_dir, state_json))
-        manifest = []
-        for split in SPLITS:
-            if not by_split[split]:
-                continue
-            split_manifest = []
-            for row in by_split[split]:
-                relative = f"images/{row['image_id']}.jpg"
-                # The sha256 each image was checked against as it was placed (or when it was last placed, for one
-                # whose inode, size and mtime are unchanged since), and its size: images are not hashed again.
-                sha, size = placed["files"][f"{split}/{relative}"]
-                split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
-                                       "lesion_id": row["lesion_id"], "dx": row["dx"], "sha256": sha, "bytes": size})
-            write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
-            split_manifest.append({"path": "metadata.csv", "split": split})
-            for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
-                                           params["isic_license"]):
-                split_manifest.append({"path": name, "split": split})
-            split_manifest = [e for e in split_manifest if "sha256" in e] + \
-                fill_hashes(release_dir / split, [e for e in split_manifest if "sha256" not in e])
-            split_manifest.sort(key=lambda e: e["path"])
-            write_csv(release_dir / split / "manifest.csv", split_manifest, MANIFEST_COLUMNS)
-            manifest += [{**entry, "path": f"{split}/{entry['path']}"} for entry in split_manifest]
-            manifest.append({"path": f"{split}/manifest.csv", "split": split})
+    card.draw(source_of, {s: by_split[s] for s in SPLITS if by_split[s]}, params, summary)
+    plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", source_of[row["image_id"]],
+             files[row["image_id"]]["sha256"]) for row in rows]
+    placed = update_images(release_dir, plan, state_path(release_dir, state_json))
+    manifest = []
+    for split in SPLITS:
+        if not by_split[split]:
+            continue
+        split_manifest = []
+        for row in by_split[split]:
+            relative = f"images/{row['image_id']}.jpg"
+            # The sha256 each image was checked against as it was placed (or when it was last placed, for one
+            # whose inode, size and mtime are unchanged since), and its size: images are not hashed again.
+            sha, size = placed["files"][f"{split}/{relative}"]
+            split_manifest.append({"path": relative, "split": split, "image_id": row["image_id"],
+                                   "lesion_id": row["lesion_id"], "dx": row["dx"], "sha256": sha, "bytes": size})
+        write_csv(release_dir / split / "metadata.csv", by_split[split], RELEASE_COLUMNS)
+        split_manifest.append({"path": "metadata.csv", "split": split})
+        for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
+                                       params["isic_license"]):
+            split_manifest.append({"path": name, "split": split})
+        split_manifest = [e for e in split_manifest if "sha256" in e] + \
+            fill_hashes(release_dir / split, [e for e in split_manifest if "sha256" not in e])
+        split_manifest.sort(key=lambda e: e["path"])
+        write_csv(release_dir / split / "manifest.csv", split_manifest, MANIFEST_COLUMNS)
+        manifest += [{**entry, "path": f"{split}/{entry['path']}"} for entry in split_manifest]
+        manifest.append({"path": f"{split}/manifest.csv", "split": split})
 
-        attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
-        atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
-        manifest.append({"path": "ATTRIBUTION.md"})
+    attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
+    atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
+    manifest.append({"path": "ATTRIBUTION.md"})
 
-        for path in card.finish():
-            manifest.append({"path": path})
-    except BaseException:
-        card.abandon()  # a damaged image, say: the drawing is not waited for
-        raise
+    for path in card.finish():
+        manifest.append({"path": path})
 
     inputs = {name: sha256_file(Path(path)) for name, path in
               (("metadata.csv", metadata_csv), ("images.csv", images_csv), ("splits.csv", splits_csv))}

@@ -48,13 +48,13 @@ class ValidRows:
         import hashlib
         import json
 
-        import jsonschema
+        from importlib.metadata import version
 
         from .schema_messages import schema_path
 
         self.path, self._json = (Path(path) if path else None), json
         schemas = sorted(schema_path("metadata-row").parent.glob("*.json"))
-        self._seed = hashlib.sha256(jsonschema.__version__.encode() + b"".join(
+        self._seed = hashlib.sha256(version("jsonschema").encode() + b"".join(
             p.name.encode() + p.read_bytes() for p in schemas)).digest()
         self._hash = hashlib.blake2b
         self.old: set[str] = set()
