@@ -13,9 +13,12 @@ export PATH := $(BIN):$(PATH)
 # pip byte-compiles each package's modules one file at a time, about half of a fresh set-up's time; here it installs
 # without compiling and compileall then compiles the environment on every core. Compiled it must be: where
 # PYTHONDONTWRITEBYTECODE is set (as on this project's machines) nothing compiles a module later, and every `dvc`
-# and `ham` process would compile what it imports anew (a no-op `dvc repro` at 10k: 4.6 s against 2.7 s).
+# and `ham` process would compile what it imports anew (a no-op `dvc repro` at 10k: 4.6 s against 2.7 s). The
+# project's own package is compiled too (an editable install leaves it out of the environment): each stage's
+# `ham` process then starts about 0.1 s sooner. After an edit, Python sees the source is newer and compiles that
+# module in memory, as it did every time before; .dvcignore keeps __pycache__ out of the code dependencies.
 PIP_INSTALL := $(BIN)/pip install --quiet --no-compile --disable-pip-version-check
-COMPILE := $(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true  # a stray py2 file is no error
+COMPILE := $(BIN)/python -m compileall -q -j 0 $(VENV)/lib pipeline >/dev/null 2>&1 || true  # a stray py2 file is no error
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP_INSTALL) "torch==2.13.0"; fi
