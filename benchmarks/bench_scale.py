@@ -105,9 +105,9 @@ class Run:
         self.command = command
         self.peak = 0
         self.stage_starts: list[tuple[str, float]] = []
-        self.commands: dict[str, dict] = {}  # ham subcommand -> first, last seen, peak RSS of its process
+        self.commands: dict[str, dict] = {}  # ham subcommand -> its start, last seen, peak RSS of its process
         self.lines: list[str] = []
-        start = time.perf_counter()
+        start, self._epoch = time.perf_counter(), time.time()
         process = subprocess.Popen(command, cwd=cwd, env=environment(env), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         done = threading.Event()
@@ -149,7 +149,15 @@ class Run:
                 total += rss
                 name = names[process.pid]
                 if name:
-                    seen = self.commands.setdefault(name, {"first": now, "last": now, "peak": 0})
+                    if name not in self.commands:
+                        # its start from the kernel's record, not when a poll first saw it: the Python start-up
+                        # before the first poll (0.1 s apart, longer while PSS is read) is the command's time
+                        try:
+                            began = max(0.0, min(now, process.create_time() - self._epoch))
+                        except psutil.Error:
+                            began = now
+                        self.commands[name] = {"first": began, "last": now, "peak": 0}
+                    seen = self.commands[name]
                     seen["last"] = now
                     seen["peak"] = max(seen["peak"], rss)
             self.peak = max(self.peak, total)

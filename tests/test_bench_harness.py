@@ -61,3 +61,18 @@ def test_run_measures_the_whole_process_tree(tmp_path):
     assert run.returncode == 0
     assert run.peak_mb > 60
     assert list(run.stages()) == ["grow"]
+
+
+def test_a_command_s_time_starts_when_its_process_started(tmp_path):
+    """A ham command's seconds count from its process's start (the kernel's record), not from the poll that first
+    sees it as ham: here the process is a shell for 0.5 s, then execs a `ham` that runs 0.8 s (the same process,
+    as `sh -c` execs a stage's command)."""
+    ham = tmp_path / "bin" / "ham"
+    ham.parent.mkdir()
+    ham.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(0.8)\n")
+    ham.chmod(0o755)
+    parent = ("import subprocess; print(\"Running stage 'wait':\", flush=True); "
+              f"subprocess.run(['sh', '-c', 'sleep 0.5; exec {ham} wait'], check=True)")
+    run = Run([sys.executable, "-c", parent], tmp_path)
+    seconds = run.stages()["wait"]["command_s"]
+    assert seconds is not None and 1.0 <= seconds <= 2.0, seconds  # first seen as ham: about 0.8
