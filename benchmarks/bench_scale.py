@@ -107,7 +107,7 @@ class Run:
         self.stage_starts: list[tuple[str, float]] = []
         self.commands: dict[str, dict] = {}  # ham subcommand -> its start, last seen, peak RSS of its process
         self.lines: list[str] = []
-        start, self._epoch = time.perf_counter(), time.time()
+        start = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=environment(env), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         done = threading.Event()
@@ -129,6 +129,9 @@ class Run:
     def _poll(self, pid: int, start: float, done: threading.Event) -> None:
         try:
             root = psutil.Process(pid)
+            # The processes' start times are read against this one's, started at `start` on our clock: psutil
+            # dates them from the boot time, which Linux gives in whole seconds, so only their differences are exact.
+            root_started = root.create_time()
         except psutil.NoSuchProcess:
             return
         names: dict[int, str | None] = {}
@@ -153,7 +156,7 @@ class Run:
                         # its start from the kernel's record, not when a poll first saw it: the Python start-up
                         # before the first poll (0.1 s apart, longer while PSS is read) is the command's time
                         try:
-                            began = max(0.0, min(now, process.create_time() - self._epoch))
+                            began = max(0.0, min(now, process.create_time() - root_started))
                         except psutil.Error:
                             began = now
                         self.commands[name] = {"first": began, "last": now, "peak": 0}

@@ -75,4 +75,4 @@ def test_a_command_s_time_starts_when_its_process_started(tmp_path):
               f"subprocess.run(['sh', '-c', 'sleep 0.5; exec {ham} wait'], check=True)")
     run = Run([sys.executable, "-c", parent], tmp_path)
     seconds = run.stages()["wait"]["command_s"]
-    assert seconds is not None and 1.0 <= seconds <= 2.0, seconds  # first seen as ham: about 0.8
+    assert seconds is not None and 1.1 <= seconds <= 1.8, seconds  # first seen as ham: about 0.8
