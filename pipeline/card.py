@@ -17,7 +17,7 @@ import io
 import multiprocessing
 import os
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -149,6 +149,7 @@ def card_text(by_split: dict, params: dict, summary: dict, classes: list[str]) -
 
 def draw_card(image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> dict:
     """The card's files: path relative to the release folder -> bytes (`image_paths` as for `contact_sheet_png`)."""
+    by_split = {s: rows for s, rows in by_split.items() if rows}
     return {**plots(by_split), **sheet_and_text(image_paths, by_split, params, summary)}
 
 
@@ -189,6 +190,7 @@ class CardDrawing:
 
     def draw(self, image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> None:
         """`image_paths` maps each image ID to a file with its bytes (the standardised store's)."""
+        by_split = {s: rows for s, rows in by_split.items() if rows}
         self.job = (image_paths, by_split, params, summary)
         if self.pool is not None:
             slim = {split: [{"dx": r["dx"], "dx_type": r["dx_type"]} for r in rows] for split, rows in by_split.items()}

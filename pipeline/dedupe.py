@@ -95,12 +95,11 @@ def image_hashes(image: Image.Image, view_list=None) -> np.ndarray:
     2-D DCT of every view in one product (`DCT`), the lowest HASH_SIZE x HASH_SIZE coefficients compared with their median."""
     grey = image.convert("L")
     width, height = grey.size
-    side = _SIDE
     views = []
     for zoom, x, y in view_list or VIEWS:
         crop_w, crop_h = width / zoom, height / zoom
         left, top = (width - crop_w) * x, (height - crop_h) * y
-        views.append(np.asarray(grey.resize((side, side), Image.LANCZOS, box=(left, top, left + crop_w,
+        views.append(np.asarray(grey.resize((_SIDE, _SIDE), Image.LANCZOS, box=(left, top, left + crop_w,
                                                                                 top + crop_h))))
     coefficients = (DCT @ np.stack(views).astype(np.float64) @ DCT.T).reshape(len(views), -1)
     bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
