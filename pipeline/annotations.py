@@ -15,10 +15,10 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .common import PipelineError, read_csv, write_csv
+from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, write_csv
 from .integrity import check_objects
 from .linking import place
-from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
+from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPE_FROM_ISIC, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
 
 KEY_OF_TYPE = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}
 ANNOTATION_COLUMNS = ("IMAGE", "ANNOTATION", "TIMESTAMP")
@@ -64,6 +64,83 @@ def append_annotation(path: Path, image: str, key: str, timestamp: str | None = 
         handle.flush()
         os.fsync(handle.fileno())
     return before
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+
+
+def annotation_key(value: str) -> str | None:
+    """d / c / m from a label as people write it: the key, the type (dsc, macro, clinic) or ISIC's image_type
+    (dermoscopic, clinical: close-up, clinical: overview); None when it is none of them."""
+    value = (value or "").strip().lower()
+    if value in ANNOTATION_KEYS:
+        return value
+    image_type = value if value in IMAGE_TYPES else IMAGE_TYPE_FROM_ISIC.get(value)
+    return KEY_OF_TYPE.get(image_type) if image_type else None
+
+
+def images_under(path: Path) -> list[Path]:
+    """A file, or every image file under a folder (by suffix, hidden ones included), in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise PipelineError(f"{path}: no such file or folder")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def labels_from_manifest(manifest: Path, file_column: str, type_column: str) -> list[tuple[Path, str]]:
+    """(file, key) per manifest row; files relative to the manifest's folder. A row without a known label or whose
+    file is missing is an error naming the row."""
+    manifest = Path(manifest)
+    rows = read_csv(manifest, (file_column, type_column))
+    labelled = []
+    for number, row in enumerate(rows, start=2):
+        key = annotation_key(row[type_column] or "")
+        if key is None:
+            raise PipelineError(f"{manifest} row {number}: {type_column} {row[type_column]!r} is not an image type "
+                                f"(d, c, m, dsc, macro, clinic, or ISIC's dermoscopic, clinical: close-up, "
+                                f"clinical: overview)")
+        path = manifest.parent / (row[file_column] or "")
+        if not path.is_file():
+            raise PipelineError(f"{manifest} row {number}: {file_column} {row[file_column]!r}: no such file")
+        labelled.append((path, key))
+    return labelled
+
+
+def import_labels(annotations_csv: Path, labelled: list[tuple[Path, str]], timestamp: str | None = None) -> dict:
+    """Bring labels a maintainer already has into the annotations: one `IMAGE,ANNOTATION,TIMESTAMP` row per image
+    whose current label differs (an image already labelled so is left alone, so importing twice adds nothing). The
+    file is written anew and renamed into place, so a hard link to it (DVC's cache object, with cache type
+    hardlink) is never changed. Returns counts: added, unchanged, relabelled."""
+    annotations_csv = Path(annotations_csv)
+    current = read_annotations_if_any(annotations_csv)
+    timestamp = timestamp or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    lines, counts, seen = [], {"added": 0, "unchanged": 0, "relabelled": 0}, {}
+    for path, key in labelled:
+        if key not in ANNOTATION_KEYS:
+            raise PipelineError(f"annotation key {key!r} is not one of d, c, m")
+        try:
+            image = sha256_bytes(Path(path).read_bytes())
+        except OSError as error:
+            raise PipelineError(f"{path}: cannot be read ({error.strerror or error})") from None
+        if seen.get(image, key) != key:
+            raise PipelineError(f"{path}: the same image is labelled both {seen[image]} and {key} in this import")
+        seen[image] = key
+        if current.get(image) == ANNOTATION_KEYS[key]:
+            counts["unchanged"] += 1
+            continue
+        counts["relabelled" if image in current else "added"] += 1
+        current[image] = ANNOTATION_KEYS[key]
+        lines.append(f"{image},{key},{timestamp}\n")
+    if lines:
+        old = annotations_csv.read_bytes() if annotations_csv.exists() else b""
+        if not old.strip():
+            old = (",".join(ANNOTATION_COLUMNS) + "\n").encode()
+        elif not old.endswith((b"\n", b"\r")):
+            old += b"\n"
+        atomic_write_bytes(annotations_csv, old + "".join(lines).encode())
+    return counts
 
 
 def truncate_annotations(path: Path, length: int) -> None:

@@ -141,10 +141,34 @@ def card_text(by_split: dict, params: dict, summary: dict, classes: list[str]) -
                        sum(r["dataset"] == d for r in rows)] for d in datasets]), "",
               "## Sample images", "", "The first images of each class by image ID:", "",
               "![sample images per class](card/contact_sheet.png)", "",
+              *filter_model_section(params.get("filter_model")),
               "## Checking a copy", "",
               "`ham verify release` (or `ham verify release/test` for one split) checks every file against "
               "`manifest.csv`; `release.json` holds the version, the code version and the params hash.", ""]
     return "\n".join(parts)
+
+
+def filter_model_section(model: dict | None) -> list[str]:
+    """A short model card of the image-type filter that chose the images (release.json has it whole)."""
+    if not model:
+        return []
+    material = model.get("material") or {}
+    per_source = model.get("held_out_per_source") or {}
+    rows = [[source, *(counts.get(t, 0) for t in ("dsc", "macro", "clinic")),
+             per_source.get(source, "") if per_source.get(source) is not None else ""]
+            for source, counts in sorted(material.items())]
+    return ["## The image-type filter", "",
+            f"Every image was kept by a person's label, its source's declared type, or the image-type network "
+            f"`{(model.get('model_sha256') or '')[:12]}` (sha256 in `release.json`), trained on "
+            f"{model.get('trained_on')} labelled images; images of a source with `role: training` taught it and are "
+            f"not released. It keeps {', '.join(model.get('keep_types') or [])} images it is at least "
+            f"{model.get('min_confidence')} sure of, and queues for a person every decision under "
+            f"{model.get('review_below')} (softmax temperature {model.get('temperature')}, fitted on held-out "
+            f"lesions).", "",
+            _table(["material (source)", "dsc", "macro", "clinic", "held-out accuracy"], rows), "",
+            f"Held out during training: {model.get('held_out')} images, accuracy {model.get('held_out_accuracy')}. "
+            f"On whole collections and conditions it never saw, see the project's `bench/results.json` "
+            f"(`python -m benchmarks.bench_filter`).", ""]
 
 
 def draw_card(image_paths: dict[str, str], by_split: dict, params: dict, summary: dict) -> dict:

@@ -11,6 +11,9 @@ from pathlib import Path
 import click
 
 from .common import PipelineError, load_params
+from .pinned_cpu import pin_environment
+
+pin_environment()  # before any torch operation: see pipeline/pinned_cpu.py
 
 # Every module imported here at the top is a code dependency of every stage in dvc.yaml: stage and validation
 # modules are imported inside the commands that use them.
@@ -185,6 +188,39 @@ def annotate(params_path, queue, objects, folder, annotations, port):
     serve(annotations, queue=None if folder else queue, objects=objects, folder=folder, port=port)
 
 
+@main.command("import-labels")
+@PARAMS_OPTION
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--type", "key", type=click.Choice(["d", "c", "m", "dsc", "macro", "clinic"]), default=None,
+              help="The type of every image under PATHS: d(sc), c(linic) overview, m(acro) close-up.")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A CSV naming each image (relative to the CSV's folder) and its type, instead of PATHS.")
+@click.option("--file-column", default="file", show_default=True, help="The manifest's file column.")
+@click.option("--type-column", default="image_type", show_default=True,
+              help="The manifest's type column: d / c / m, dsc / macro / clinic, or ISIC's image_type values.")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None,
+              help="The annotations CSV (default: params filter.annotations).")
+@friendly_errors
+def import_labels(params_path, paths, key, manifest, file_column, type_column, annotations):
+    """Label images you already know the type of, in one go: every image file under PATHS (folders or files) as
+    --type, or each image a --manifest lists. The labels join the annotations by the images' content, so
+    `dvc repro` trains on them once their images are among the candidates (a source with `role: training` keeps
+    such material out of the release)."""
+    from .annotations import annotation_key, images_under, import_labels as run, labels_from_manifest
+
+    if bool(manifest) == bool(paths):
+        raise click.UsageError("give PATHS with --type, or --manifest")
+    if paths and key is None:
+        raise click.UsageError("--type is needed with PATHS")
+    labelled = (labels_from_manifest(manifest, file_column, type_column) if manifest else
+                [(path, annotation_key(key)) for folder in paths for path in images_under(folder)])
+    if annotations is None:
+        annotations = Path(load_params(params_path, "filter")["annotations"])
+    counts = run(annotations, labelled)
+    click.echo(f"import-labels: {counts['added']} labels added, {counts['relabelled']} changed, "
+               f"{counts['unchanged']} already so -> {annotations}")
+
+
 @main.command()
 @PARAMS_OPTION
 @CANDIDATES
@@ -255,19 +291,24 @@ def split(params_path, metadata_csv, images, registry):
 @STANDARDISED_IMAGES
 @path_option("--out", "release", "The release folder.")
 @path_option("--summary", "metrics/release.json", "Counts per split and class.", "summary_json")
+@path_option("--filter-metrics", "metrics/filter.json", "The image-type filter's training record (named in the "
+             "release; left out where the file is absent).", "filter_metrics")
 @friendly_errors
-def release(params_path, metadata_csv, images, splits, standardised, out, summary_json):
+def release(params_path, metadata_csv, images, splits, standardised, out, summary_json, filter_metrics):
     """Write the release folder: images and metadata per split, attribution, manifest with every file's sha256."""
     from .common import read_csv
-    from .release import build_release, format_summary
+    from .release import build_release, filter_model_card, format_summary
     from .stores import materialise
 
     compute = compute_of(params_path)
     if compute.standardised_store:  # the release's images, fetched from the bucket into the local images folder
         wanted = [row["file"] for row in read_csv(images, ("file",))]
         standardised = materialise(compute.standardised_store, wanted, standardised, compute.options)
+    all_params = load_params(params_path)
+    model = (filter_model_card(json.loads(Path(filter_metrics).read_text()), all_params.get("filter") or {})
+             if Path(filter_metrics).exists() else None)
     summary = build_release(metadata_csv, images, splits, standardised, section(params_path, "release"), out,
-                            summary_json, all_params=load_params(params_path))
+                            summary_json, all_params=all_params, filter_model=model)
     click.echo(format_summary(summary))
 
 

@@ -8,6 +8,8 @@ Who decides, in order:
    declared type until a person answers.
 3. `model`: the network's most probable type; below `review_below` it goes to the review queue, below
    `min_confidence` it is not kept.
+Candidates of a source with `role: training` (the filter's training material) are decided as above, then marked
+`decided_by` `training` and never kept nor queued: they teach the network and stay out of every release.
 
 Probabilities are written, and every decision made, at two decimals: a GPU's float32 results differ from the
 CPU's in the last bits only, so `decisions.csv` and `review_queue.csv` come out identical on both (a probability
@@ -20,6 +22,7 @@ appended batch by batch, so a new batch of candidates is scored alone and a kill
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -204,6 +207,11 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
     return cached
 
 
+def _is_training_material(row: dict) -> bool:
+    extra = row.get("extra") or ""
+    return '"role"' in extra and json.loads(extra).get("role") == "training"
+
+
 def _rounded(probabilities) -> list[float]:
     return [round(float(p), 2) for p in probabilities]
 
@@ -223,6 +231,7 @@ def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None
         if hints[row["candidate_id"]] not in ("", *IMAGE_TYPES):
             raise PipelineError(f"{candidates_csv} row {number}: image_type_hint {hints[row['candidate_id']]!r} is "
                                 f"not one of {', '.join(IMAGE_TYPES)}")
+    training = {row["candidate_id"] for row in candidates if _is_training_material(row)}
     to_score = [row for row in candidates if row["candidate_id"] not in labels]
     cache_dir = Path(cache_dir) if cache_dir else Path(decisions_csv).parent / "predictions"
     predicted = (score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts, compute)
@@ -246,6 +255,8 @@ def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None
             image_type, confidence, decided_by = model_type, model_confidence, "model"
             needs_review = confidence < params["review_below"]
         keep = image_type in params["keep_types"] and (decided_by != "model" or confidence >= params["min_confidence"])
+        if candidate_id in training:  # the filter's own material: never released, never queued
+            decided_by, keep, needs_review = "training", False, False
         decisions[candidate_id] = {
             "candidate_id": candidate_id, "image_type": image_type, "confidence": _fmt(confidence),
             **{f"p_{t}": (_fmt(p) if probs else "") for t, p in zip(IMAGE_TYPES, probs or IMAGE_TYPES)},

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .annotations import ANNOTATION_KEYS, IMAGE_TYPES  # noqa: F401  (re-exported for older imports)
 from .common import PipelineError, atomic_write_bytes
 from .imaging import to_rgb
+from .pinned_cpu import pin_environment
 
 
 class BasicBlock(nn.Module):
@@ -119,32 +121,66 @@ def _corner_box(rng: np.random.Generator, width: int, height: int, fraction: tup
     return x0, y0, x0 + w, y0 + h
 
 
+def _random_text(rng: np.random.Generator) -> str:
+    return "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(4, 14))))
+
+
+def _watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A photo library's watermark, as DermNet's: half-transparent light text lines and a round emblem, mostly in
+    the lower left, at the scale of the frame. Put on images of every type, so a watermark says nothing of one."""
+    width, height = image.size
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    grey = int(rng.integers(200, 256)) if rng.random() < 0.8 else int(rng.integers(0, 256))
+    alpha = int(rng.integers(120, 256))
+    if rng.random() < 0.7:  # DermNet's place: the lower left
+        x0, y0 = int(width * rng.uniform(0.01, 0.08)), int(height * rng.uniform(0.6, 0.85))
+    else:
+        x0, y0 = int(width * rng.uniform(0, 0.7)), int(height * rng.uniform(0, 0.85))
+    scale = max(6, int(height * rng.uniform(0.03, 0.08)))
+    if rng.random() < 0.6:  # the emblem: a ring with a figure
+        r = int(scale * rng.uniform(0.8, 1.6))
+        draw.ellipse((x0, y0 - 2 * r, x0 + 2 * r, y0), outline=(grey, grey, grey, alpha), width=max(1, r // 5))
+        draw.line((x0 + r, y0 - 2 * r + 3, x0 + r, y0 - 3), fill=(grey, grey, grey, alpha), width=max(1, r // 4))
+    font = _FONTS.get(scale)
+    if font is None:
+        try:
+            font = ImageFont.load_default(size=scale)
+        except TypeError:  # Pillow < 10.1: one bitmap size
+            font = ImageFont.load_default()
+        _FONTS[scale] = font
+    for line in range(int(rng.integers(1, 3))):
+        draw.text((x0, y0 + 2 + int(1.2 * scale * line)), _random_text(rng), fill=(grey, grey, grey, alpha),
+                  font=font)
+    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+
+
+_FONTS: dict = {}
+
+
 def augment(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One random view of an RGB image as a (3, size, size) uint8 array. Watermarks sit in corners (DermNet's in
-    the lower left): a corner is erased, or marked with text or a logo-like box, in any class, so a corner tells
-    nothing. Slide mounts and letterboxing: random borders. Orientation: flips and quarter turns. Framing: random
-    resized crops. Cameras and compression: colour jitter and JPEG re-encoding."""
+    """One random view of an RGB image as a (3, size, size) uint8 array, breaking the shortcuts a from-scratch
+    network would otherwise learn. Watermarks (DermNet's, lower left) go on images of every type, and the lower
+    part of the frame is sometimes cut away, so neither a mark nor its absence tells the type. Slide mounts and
+    letterboxing: random borders. Resolution and aspect (one collection squashed to 256x256, another at 1024 px):
+    random downscaling and squeezing. Orientation: flips and quarter turns. Framing: random resized crops. Cameras
+    and compression: colour jitter and JPEG re-encoding. Only exactly rounded arithmetic (no exp or log), so the
+    views are the same on every CPU."""
     image = image.copy()
     width, height = image.size
+    if rng.random() < 0.5:
+        image = _watermark(image, rng)
     draw = ImageDraw.Draw(image)
-    if rng.random() < 0.35:  # a watermark-like mark in a random corner
-        x0, y0, x1, y1 = _corner_box(rng, width, height, (0.15, 0.45))
+    if rng.random() < 0.2:  # a mark of another kind in a random corner: a box, a ruler-like bar
+        x0, y0, x1, y1 = _corner_box(rng, width, height, (0.1, 0.35))
         shade = tuple(int(v) for v in rng.integers(0, 256, 3))
-        style = rng.integers(3)
-        if style == 0:
-            for line in range(int(rng.integers(1, 4))):
-                text = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(4, 14))))
-                draw.text((x0 + 2, y0 + 2 + 11 * line), text, fill=shade)
-        elif style == 1:
-            draw.rectangle((x0, y0, x1, y1), outline=shade, width=int(rng.integers(1, 4)))
-        else:  # a round logo with stripes, like DermNet's
-            draw.ellipse((x0, y0, x1, y1), fill=shade)
-            back = tuple(255 - v for v in shade)
-            for y in range(y0, y1, max(2, (y1 - y0) // 6)):
-                draw.line((x0, y, x1, y), fill=back, width=1)
-    if rng.random() < 0.3:  # a corner erased (the watermark's place cropped away or covered)
+        draw.rectangle((x0, y0, x1, y1), outline=shade, width=int(rng.integers(1, 4)))
+    if rng.random() < 0.2:  # a corner erased
         shade = tuple(int(v) for v in rng.integers(0, 256, 3))
         draw.rectangle(_corner_box(rng, width, height, (0.15, 0.4)), fill=shade)
+    if rng.random() < 0.25:  # the lower part of the frame cut away (where a watermark would sit)
+        image = image.crop((0, 0, width, int(height * rng.uniform(0.55, 0.85))))
+        width, height = image.size
     if rng.random() < 0.25:  # a border: slide mount, letterbox, scanner bed
         shade = int(rng.choice([0, 0, 255, int(rng.integers(0, 256))]))
         sides = rng.uniform(0, 0.15, 4) * (rng.random(4) < 0.7)
@@ -156,14 +192,19 @@ def augment(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarr
     # random resized crop: 35-100 % of the area, aspect 3:4 to 4:3
     for _ in range(10):
         area = width * height * rng.uniform(0.35, 1.0)
-        ratio = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-        w, h = int(round((area * ratio) ** 0.5)), int(round((area / ratio) ** 0.5))
+        ratio = rng.uniform(0.75, 4 / 3)
+        w, h = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
         if 0 < w <= width and 0 < h <= height:
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             break
     else:
         x, y, w, h = 0, 0, width, height
-    image = image.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h))
+    if rng.random() < 0.3:  # a low-resolution device or a thumbnail: down to 24-60 px, then to the input size
+        small = int(rng.integers(24, 61))
+        image = image.resize((small, max(8, int(small * h / w))), Image.BILINEAR, box=(x, y, x + w, y + h))
+        image = image.resize((size, size), Image.BILINEAR)
+    else:
+        image = image.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h))
     if rng.random() < 0.8:  # colour jitter
         image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
         image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
@@ -201,6 +242,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Training on the CPU gives the same model file byte for byte on any x86-64 machine with AVX2 (Intel or AMD, AVX2 or
+# AVX-512), because every library that picks its kernels by the CPU it finds is pinned to one choice:
+# - ATen's own kernels (batch norm, ReLU, softmax, the optimiser's arithmetic) to its AVX2 build, whatever the CPU
+#   offers beyond it (its capability is read at the first operation, so setting it after `import torch` works);
+# - oneDNN and NNPACK, whose convolutions JIT or dispatch by ISA and cache size, switched off: convolutions then run
+#   as im2col + MKL GEMM;
+# - MKL's GEMM in its conditional-numerical-reproducibility mode COMPATIBLE (also read at its first call), the same
+#   code path on every Intel and AMD processor;
+# - one compute thread (a reduction split over threads sums in another order).
+# tests/test_filter_numerics.py trains under every dispatch cap the libraries have (ATen default/avx2/avx512, MKL
+# SSE4.2/AVX2/AVX-512, oneDNN AVX2, NumPy without AVX-512) and checks the bytes are the same.
+def pin_cpu_numerics() -> None:
+    """Make this process's CPU arithmetic machine-independent (see the comment above); call before the first
+    torch operation. Raises when it is too late (torch already dispatched under another capability)."""
+    pin_environment()
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+    torch.set_num_threads(1)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX2":
+        raise PipelineError(f"the CPU's arithmetic could not be pinned to AVX2 (torch runs {capability}): this CPU "
+                            f"lacks AVX2, or torch ran an operation before pin_cpu_numerics()")
+
+
 def exact_float32(device: torch.device) -> None:
     """No TF32 on CUDA: keeps a GPU's float32 results within round-off of the CPU's."""
     if device.type == "cuda":
@@ -234,6 +299,7 @@ def model_from_bytes(data: bytes, device: torch.device, fold: bool = True) -> tu
     meta = checkpoint["meta"]
     model = ImageTypeNet(meta["width"], meta.get("blocks", 1))
     model.load_state_dict(checkpoint["state_dict"])
+    model.temperature = float(meta.get("temperature", 1.0))
     return (model.fold_batchnorm() if fold else model.eval()).to(device), meta
 
 
@@ -245,4 +311,4 @@ def predict_batch(model: ImageTypeNet, batch: torch.Tensor, device: torch.device
     batch = batch.to(device, non_blocking=True)
     step = len(batch) if device.type == "cuda" else 32
     logits = torch.cat([model(batch[i:i + step]) for i in range(0, len(batch), step)]) if len(batch) else model(batch)
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return torch.softmax(logits.float() / getattr(model, "temperature", 1.0), dim=1).cpu().numpy()

@@ -22,7 +22,9 @@ lesion within one source) is a conflict: every one of its rows goes to the ledge
 and none is a candidate; identical labels are plain duplicates (the first kept).
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
-`extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).
+`extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there). A source
+with `role: training` marks its candidates `"role": "training"` there: the filter's training material, which the
+filter stage never keeps (so it is in `excluded.csv`, not in a release).
 On a cluster (params `compute.executor: dask`, `executors.run_map`) the raw files are still read here, `AHEAD`
 elements at a time, and their new images are vetted by the workers in one map (`check_image`, a pure function of
 the bytes and the limits), then taken in the readers' order as above; the objects go to `compute.objects_store`
@@ -54,6 +56,9 @@ CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "obje
 REJECT_COLUMNS = ("source", "origin", "member", "reason")
 PROVENANCE_COLUMNS = ("candidate_id", "source", "origin", "member")
 OBJECT_INDEX_COLUMNS = ("candidate_id", "object", "sha256", "width", "height", "format", "checked_with")
+# release: the source's images are candidates for the release; training: material for the image-type filter only
+# (labelled with `ham import-labels` or its `image_type`), never released (`role` in each candidate's extra JSON).
+SOURCE_ROLES = ("release", "training")
 LABEL_FIELDS = ("diagnosis", "dx", "dx_type", "lesion_key")  # same image, another value: a conflict
 MIB = 1 << 20
 
@@ -394,8 +399,14 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         options = sources.options_for(kind).from_options(name, config.get("options"))
         # Set on each of the source's candidates, not on what the read cache keeps: a change needs no re-read.
         # The source's image_type overrides the reader's hint; its dataset fills in where no image records one.
+        role = config.get("role", "release")
+        if role not in SOURCE_ROLES:
+            raise PipelineError(f"params.yaml: ingest.sources[{position}] ({name}): role {role!r} is not one of "
+                                f"{', '.join(SOURCE_ROLES)}")
         declared[name] = {key: value for key, value in (("image_type_hint", options.image_type),
-                                                        ("dataset", config.get("dataset"))) if value}
+                                                        ("dataset", config.get("dataset")),
+                                                        ("role", "training" if role == "training" else None))
+                          if value}
         root = (Path(base_dir) / path).resolve()
         if not root.is_dir():
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else

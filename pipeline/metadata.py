@@ -178,7 +178,9 @@ def build_metadata(candidates_csv: Path, decisions_csv: Path, standardised_csv: 
     for candidate in candidates:
         decision = decisions.get(candidate["candidate_id"])
         if decision is None or decision["keep"] != "true":
-            why = (f"image type {decision['image_type']} ({decision['decided_by']}, confidence "
+            why = ("training material for the image-type filter (source role: training)"
+                   if decision and decision.get("decided_by") == "training" else
+                   f"image type {decision['image_type']} ({decision['decided_by']}, confidence "
                    f"{decision['confidence']})" if decision else "no filter decision")
             exclude(candidate, "filter", why)
             continue

@@ -67,10 +67,24 @@ def params_hashes(all_params: dict) -> dict:
             **{name: stable_hash(all_params[name]) for name in present}}
 
 
+def filter_model_card(filter_metrics: dict, filter_params: dict) -> dict:
+    """What a release says of the image-type filter that chose its images: the model file's sha256, the material
+    it was trained on, its held-out figures and calibration (from `train_filter`'s metrics) and the thresholds."""
+    return {"model_sha256": filter_metrics.get("model_sha256"), "trained_on": filter_metrics.get("trained_on"),
+            "material": filter_metrics.get("material", {}).get("per_source", {}),
+            "held_out": filter_metrics.get("held_out"), "held_out_accuracy": filter_metrics.get("holdout_accuracy"),
+            "held_out_per_source": filter_metrics.get("held_out_per_source", {}),
+            "temperature": filter_metrics.get("temperature"),
+            **{key: filter_params.get(key) for key in ("keep_types", "min_confidence", "review_below",
+                                                        "trust_source_types")}}
+
+
 def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standardised_dir: Path, params: dict,
                   release_dir: Path, summary_json: Path, all_params: dict | None = None,
-                  state_json: Path | None = None, report: dict | None = None) -> dict:
-    """`params` is the `release` section; `all_params` the whole params file, hashed into release.json.
+                  state_json: Path | None = None, report: dict | None = None,
+                  filter_model: dict | None = None) -> dict:
+    """`params` is the `release` section; `all_params` the whole params file, hashed into release.json;
+    `filter_model` (`filter_model_card`) goes into release.json and the card.
 
     Updates `release_dir` in place (see the module docstring); `state_json` is the placement record (default
     `state_path`); `report`, when given, receives what was done: kept, rehashed, linked, copied, removed."""
@@ -78,7 +92,8 @@ def build_release(metadata_csv: Path, images_csv: Path, splits_csv: Path, standa
 
     card = CardDrawing(release_dir)  # forks the card's drawing process now, so its imports overlap the reading
     try:
-        return _build_release(card, metadata_csv, images_csv, splits_csv, standardised_dir, params, release_dir,
+        return _build_release(card, metadata_csv, images_csv, splits_csv, standardised_dir,
+                              {**params, "filter_model": filter_model} if filter_model else params, release_dir,
                               summary_json, all_params, state_json, report)
     except BaseException:
         card.abandon()  # a damaged image, say: the drawing is not waited for
@@ -145,6 +160,7 @@ def _build_release(card, metadata_csv: Path, images_csv: Path, splits_csv: Path,
     header = {"format": FORMAT, "version": str(params.get("version") or "unversioned"),
               "code_version": code_version(), "params_sha256": params_hashes(all_params or {"release": params}),
               "inputs_sha256": inputs, "summary": summary,
+              **({"filter_model": params["filter_model"]} if params.get("filter_model") else {}),
               "git_revision": None, "git_revision_note": "a release cannot hold the commit that records its own "
               "hash in dvc.lock; its revision is its git tag (see `ham tag`)"}
     atomic_write_bytes(release_dir / HEADER_NAME, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())

@@ -16,7 +16,11 @@ a batch of unannotated images never retrains the network.
   params give the same model file byte for byte. On CUDA (`train_device: cuda`, or `auto` with a GPU) training uses
   bfloat16 autocast and is not bit-reproducible.
 
-Writes the model, `metrics` (accuracy, per-class precision and recall, counts) and `confusion` (one row per held-out
+- Calibration: the softmax temperature that fits the held-out images best (`fit_temperature`), kept in the model
+  file and applied by every scoring path.
+
+Writes the model, `metrics` (accuracy, per-class and per-source figures, counts, the temperature, the material
+and training settings, the model file's sha256: what a release names) and `confusion` (one row per held-out
 image: candidate_id, actual, predicted; `dvc plots` draws it with the confusion template).
 """
 from __future__ import annotations
@@ -33,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .annotations import IMAGE_TYPES, read_annotations  # noqa: F401  (read_annotations kept for old imports)
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, write_csv
-from .filter_model import ImageTypeNet, augment, load_pixels, open_rgb, pick_device, save_model
+from .filter_model import (ImageTypeNet, augment, load_pixels, open_rgb, pick_device, pin_cpu_numerics,
+                           save_model)
 
 CONFUSION_COLUMNS = ("candidate_id", "actual", "predicted")
 
@@ -84,6 +89,23 @@ def balanced_order(labels: list[int], count: int, rng: np.random.Generator) -> n
     return rng.choice(len(labels), size=count, replace=True, p=weights)
 
 
+# The keys of the `filter` section that shape the model (dvc.yaml's train_filter params list the same).
+TRAINING_PARAMS = ("image_size", "width", "blocks", "epochs", "batch_size", "learning_rate", "weight_decay",
+                   "seed", "holdout_fraction", "train_device")
+
+
+def fit_temperature(logits: torch.Tensor, actual: torch.Tensor) -> float:
+    """The softmax temperature that makes the held-out images' probabilities honest (least negative
+    log-likelihood, searched on a fixed grid of 1.00-5.00 in steps of 0.05, so the result is exact and the same on
+    every machine); 1.0 without held-out images. A network trained to certainty on its own material is
+    over-confident elsewhere: the temperature only softens, never sharpens, its probabilities."""
+    if not len(actual):
+        return 1.0
+    grid = [1 + step / 20 for step in range(81)]
+    losses = [float(nn.functional.cross_entropy(logits / t, actual)) for t in grid]
+    return grid[int(np.argmin(losses))]
+
+
 def _ratio(numerator: int, denominator: int):
     return round(numerator / denominator, 4) if denominator else None
 
@@ -115,10 +137,11 @@ def train_filter(annotated_dir: Path, params: dict, model_path: Path, metrics_pa
                             f"(`ham annotate`) before training")
     seed, size = int(params["seed"]), int(params["image_size"])
     device = pick_device(params.get("train_device", "cpu"))
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    if device.type == "cpu":
+        pin_cpu_numerics()  # the same bytes on any x86-64 CPU with AVX2
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(device.type == "cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # reductions split over threads could change the last bits with the thread count
 
     holdout = [r for r in rows if in_holdout(group_of(r), seed, params["holdout_fraction"])]
     train = [r for r in rows if not in_holdout(group_of(r), seed, params["holdout_fraction"])]
@@ -160,13 +183,17 @@ def train_filter(annotated_dir: Path, params: dict, model_path: Path, metrics_pa
 
     model.eval()
     actual = [IMAGE_TYPES.index(r["image_type"]) for r in holdout]
-    predicted = []
+    logits = []
     with torch.no_grad():
         for start in range(0, len(holdout), 64):
             chunk = holdout[start:start + 64]
             batch = torch.from_numpy(np.stack([load_pixels(annotated_dir / r["file"], size) for r in chunk]))
-            predicted += model(batch.to(device)).float().argmax(1).cpu().tolist()
+            logits.append(model(batch.to(device)).float().cpu())
+    logits = torch.cat(logits) if logits else torch.zeros((0, len(IMAGE_TYPES)))
+    predicted = logits.argmax(1).tolist()
+    temperature = fit_temperature(logits, torch.tensor(actual, dtype=torch.long))
     torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = mkldnn
     torch.use_deterministic_algorithms(False)
 
     metrics = {
@@ -174,10 +201,21 @@ def train_filter(annotated_dir: Path, params: dict, model_path: Path, metrics_pa
         "held_out_groups": len({group_of(r) for r in holdout}),
         "per_type_train_counts": {t: labels.count(i) for i, t in enumerate(IMAGE_TYPES)},
         **classification_metrics(actual, predicted),
+        "held_out_per_source": {source: classification_metrics(
+            [a for a, r in zip(actual, holdout) if r["source"] == source],
+            [p for p, r in zip(predicted, holdout) if r["source"] == source])["holdout_accuracy"]
+            for source in sorted({r["source"] for r in holdout})},
+        "temperature": temperature,
+        # what a release names: the material the model saw and the settings it was trained with
+        "material": {"index_sha256": sha256_bytes(index_csv.read_bytes()),
+                     "per_source": {source: {t: sum(r["source"] == source and r["image_type"] == t for r in rows)
+                                             for t in IMAGE_TYPES} for source in sorted({r["source"] for r in rows})}},
+        "params": {key: params[key] for key in TRAINING_PARAMS if key in params},
     }
     meta = {"width": width, "blocks": blocks, "image_size": size, "types": list(IMAGE_TYPES),
-            "trained_on": device.type}
+            "trained_on": device.type, "temperature": temperature}
     save_model(model.cpu(), Path(model_path), meta)
+    metrics["model_sha256"] = sha256_bytes(Path(model_path).read_bytes())
     atomic_write_bytes(Path(metrics_path), (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     if confusion_path:
         write_csv(Path(confusion_path), sorted(

@@ -18,6 +18,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+from pipeline.pinned_cpu import pin_environment  # noqa: E402
+
+pin_environment()  # as every `ham` process does: tests that train in-process get the stage's arithmetic
+
 
 def ham_data_dir() -> Path:
     return Path(os.environ.get("HAM_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
