@@ -345,6 +345,7 @@ def tag(params_path, release_dir, dry_run):
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: aligned text for people; json: a list of problems (file, row, field, value, message).")
+@friendly_errors
 def validate_command(paths: tuple[Path, ...], fmt: str) -> None:
     """Check metadata, manifest, candidates and decisions CSVs, the registries and params.yaml against the JSON
     Schemas in schemas/ and the rules across rows (unique IDs, a lesion's images agreeing, lesion-disjoint splits, ...).
