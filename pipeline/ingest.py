@@ -18,9 +18,10 @@ normalised if it needs it, at 1/2, 1/4 or 1/8 scale), any other such image is re
 than that budget (tests/test_integrity.py measures the peak).
 A raw file that is, or lies behind, a link resolving outside its source folder is rejected
 (`sources.link_outside`). A source holding a folder that cannot be listed (or an entry whose stat fails) is
-refused before any work, in one line naming it: its files could be neither read nor accounted for in the ledger. The same image (same bytes) with different labels (diagnosis, dx, dx_type, or
-lesion within one source) is a conflict: every one of its rows goes to the ledger as `conflicting labels: ...`
-and none is a candidate; identical labels are plain duplicates (the first kept).
+refused before any work, in one line naming it: its files could be neither read nor accounted for in the ledger.
+The same image (same bytes) with different labels (diagnosis, dx, dx_type, or lesion within one source) is a
+conflict: every one of its rows goes to the ledger as `conflicting labels: ...` and none is a candidate;
+identical labels are plain duplicates (the first kept).
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
 `extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there).

@@ -176,8 +176,8 @@ def _meaningless_values(data: dict, root, file: str, reported: set[str]) -> list
     dedupe = _section(data, "standardise", "dedupe")
     near, far = dedupe.get("max_distance"), dedupe.get("review_distance")
     if _number(near) and _number(far) and far < near:
-        problem(["standardise", "dedupe", "review_distance"], f"below max_distance ({near}): no pair could ever "
-                                                               f"be listed for review", "standardise.dedupe.max_distance")
+        problem(["standardise", "dedupe", "review_distance"], f"below max_distance ({near}): no pair could ever be "
+                "listed for review", "standardise.dedupe.max_distance")
     return problems
 
 
