@@ -1,6 +1,7 @@
 """`ham`: the command-line face of the pipeline. Each stage command is a thin wrapper around one module's function;
-`dvc.yaml` calls them with the paths spelled out. Each stage checks its own params section first (as `ham validate`
-does, the same one-line message) and exits 1 on bad input with one line, never a traceback."""
+`dvc.yaml` calls them with the paths spelled out. Each stage checks the whole params file first (as `ham validate`
+does, the same one-line message), reads only its own section, and exits 1 on bad input with one line, never a
+traceback."""
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,8 @@ def path_option(flag: str, default: str, help: str, dest: str | None = None):
     return click.option(*names, type=click.Path(path_type=Path), default=default, show_default=True, help=help)
 
 
-PARAMS_OPTION = path_option("--params", "params.yaml", "The params file; the command checks and reads only its own "
-                            "section.", "params_path")
+PARAMS_OPTION = path_option("--params", "params.yaml", "The params file; the command checks all of it and reads "
+                            "only its own section.", "params_path")
 CANDIDATES = path_option("--candidates", "data/interim/ingest/candidates.csv", "Candidates table (from ingest).")
 OBJECTS = path_option("--objects", "data/interim/ingest/objects", "Object store of the candidates' images.")
 MODEL = path_option("--model", "models/filter.pt", "The image-type network.")
@@ -52,7 +53,8 @@ def friendly_errors(command):
 
 
 def section(params_path: Path, name: str) -> dict:
-    """The stage's params section, validated first (the same one-line message as `ham validate`, exit 1)."""
+    """The stage's params section, the whole file validated first (the same one-line message as `ham validate`,
+    exit 1)."""
     from .params import load_section
 
     return load_section(params_path, name)
@@ -64,10 +66,10 @@ def compute_of(params_path: Path):
     import os
 
     from .executors import Compute
-    from .params import load_section
+    from .params import check_params
 
-    params = load_params(params_path)
-    compute = Compute.of(load_section(params_path, "compute") if "compute" in params else None)
+    check_params(params_path)
+    compute = Compute.of(load_params(params_path).get("compute"))
     if compute.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = compute.s3_endpoint
     return compute
@@ -384,6 +386,7 @@ def tag(params_path, release_dir, dry_run):
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: aligned text for people; json: a list of problems (file, row, field, value, message).")
+@friendly_errors
 def validate_command(paths: tuple[Path, ...], fmt: str) -> None:
     """Check metadata, manifest, candidates and decisions CSVs, the registries and params.yaml against the JSON
     Schemas in schemas/ and the rules across rows (unique IDs, a lesion's images agreeing, lesion-disjoint splits, ...).

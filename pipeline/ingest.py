@@ -17,9 +17,11 @@ a JPEG whose decoding would need more than `max_decode_mib` is decoded reduced (
 normalised if it needs it, at 1/2, 1/4 or 1/8 scale), any other such image is rejected, so no image takes more
 than that budget (tests/test_integrity.py measures the peak).
 A raw file that is, or lies behind, a link resolving outside its source folder is rejected
-(`sources.link_outside`). The same image (same bytes) with different labels (diagnosis, dx, dx_type, or
-lesion within one source) is a conflict: every one of its rows goes to the ledger as `conflicting labels: ...`
-and none is a candidate; identical labels are plain duplicates (the first kept).
+(`sources.link_outside`). A source holding a folder that cannot be listed (or an entry whose stat fails) is
+refused before any work, in one line naming it: its files could be neither read nor accounted for in the ledger.
+The same image (same bytes) with different labels (diagnosis, dx, dx_type, or lesion within one source) is a
+conflict: every one of its rows goes to the ledger as `conflicting labels: ...` and none is a candidate;
+identical labels are plain duplicates (the first kept).
 Each source's options are its kind's typed options (`sources.options_for(kind).from_options`). A source's
 `options.image_type` becomes every one of its candidates' `image_type_hint`, and its `dataset` goes into the
 `extra` JSON of every candidate whose reader recorded none (the metadata stage reads it from there). A source
@@ -37,7 +39,7 @@ import io
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -412,8 +414,14 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
                                                                      "does not exist"))
         reader_version = code_version(read.__module__)
-        source_key = stable_hash(["source", kind, reader_version, str(root), config.get("options"),
-                                  sources.tree_stamp(root)])
+        unreadable: list = []
+        stamp = sources.tree_stamp(root, unreadable)
+        if unreadable:  # its files could be neither read nor listed in the ledger: refused whole, before any work
+            where, reason = unreadable[0]
+            more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+            raise PipelineError(f"source {name}: {PurePosixPath(path) / where} cannot be read ({reason}){more}; "
+                                f"make it readable (chmod -R u+rX) or move it out of the source")
+        source_key = stable_hash(["source", kind, reader_version, str(root), config.get("options"), stamp])
         memo = reads.old_sources.get(source_key)
         if isinstance(memo, list) and all(replayable(reads.old.get(step["unit"])) if "unit" in step
                                           else replayable([step]) for step in memo):

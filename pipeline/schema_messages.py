@@ -42,8 +42,20 @@ def schema_path(name: str) -> Path:
 
 @lru_cache(maxsize=None)
 def load_schema(name: str) -> dict:
-    with open(schema_path(name), encoding="utf-8") as f:
-        return json.load(f)
+    """A schema file's JSON; a missing, unreadable or broken file is one PipelineError naming it (and the line)."""
+    from .common import PipelineError
+
+    path = schema_path(name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path}:{error.lineno}: schema file is not valid JSON: {error.msg} (column "
+                            f"{error.colno})") from None
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: schema file is not UTF-8") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot read the schema file: {error.strerror or error}") from None
 
 
 @lru_cache(maxsize=None)

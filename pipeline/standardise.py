@@ -14,6 +14,9 @@ Pillow, without decoding or resampling pixels the result does not need:
   mode, is where this counts).
 On images that need no reduction (at most the scaled size) the pixels are those of a full Lanczos resize and crop;
 on large JPEGs they stay close to mogrify's (tests/test_standardise.py holds a PSNR floor on real images).
+`-strip` by construction: the file is written from the pixels alone (`jpeg_segments.clean_jpeg`), so it holds a
+fixed JFIF header, coding tables and pixel data, whatever the raw file carried (a comment, EXIF and its thumbnail,
+ICC, XMP, other APPn segments, PNG text chunks), and every file made is checked segment by segment.
 
 Each output file is named `<candidate_id>-<recipe>.jpg`, where the recipe key hashes the recipe's params (width,
 height, quality, density) and the code this module runs (its import closure, `codedeps.code_version`, so an edit
@@ -33,6 +36,7 @@ from .codedeps import code_version
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, sha256_file, stable_hash, write_csv
 from .imaging import EXIF_ORIENTATION, to_rgb
 from .integrity import HashStore, check_cover_geometry, damaged_object, object_sums
+from .jpeg_segments import clean_jpeg
 from .linking import place
 from .executors import LOCAL, Compute, run_map
 from .stores import LocalStore, is_remote, open_store
@@ -73,9 +77,7 @@ def standardise_image(image: Image.Image, width: int = 600, height: int = 450, q
     step_x, step_y = land_w / size[0] / reduction, land_h / size[1] / reduction
     box = (left * step_x, top * step_y, (left + width) * step_x, (top + height) * step_y)
     image = image.resize((width, height), Image.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling=0, dpi=(density, density))
-    return buffer.getvalue()
+    return clean_jpeg(image, quality, density)  # the pixels only: nothing of the raw file's metadata
 
 
 def recipe_key(params: dict) -> str:

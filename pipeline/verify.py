@@ -4,10 +4,13 @@ PATH is a folder holding `manifest.csv` (the release, or a split fetched alone w
 or the manifest file itself. Every listed file must exist with the listed size and sha256; every file in the
 folder must be listed (the manifest itself excepted). A split folder inside a release is checked against its own
 manifest. Returns the problems, each naming the file: missing, altered (size or hash), extra; an unreadable or
-malformed manifest is one problem naming the file and row. An extra file named as DVC names its temporary copies
-(`.<22 characters>.tmp`) is a partial copy left by a `dvc pull` / `dvc checkout` killed while placing files: a
-plain `dvc pull` then refuses to go on ("Can't remove the following unsaved files"), and the problem says to run
-`dvc pull --force`.
+malformed manifest is one problem naming the file and row. Every JPEG is also walked segment by segment
+(`jpeg_segments.foreign_segments`): one that holds anything but pixel data and the fixed JFIF header (a comment,
+EXIF, ICC, XMP, any other APPn, bytes after the image) is a `segment` problem naming the file and the segment,
+whatever the manifest says (not with `hashes=False`, which reads no file). An extra file named as DVC names its
+temporary copies (`.<22 characters>.tmp`) is a partial copy left by a `dvc pull` / `dvc checkout` killed while
+placing files: a plain `dvc pull` then refuses to go on ("Can't remove the following unsaved files"), and the
+problem says to run `dvc pull --force`.
 """
 from __future__ import annotations
 
@@ -16,17 +19,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import sha256_file
+from .common import sha256_bytes
+from .jpeg_segments import foreign_segments
 
 MANIFEST = "manifest.csv"
 REQUIRED = ("path", "sha256", "bytes")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 DVC_PARTIAL = re.compile(r"^\.[A-Za-z0-9_-]{22}\.tmp$")  # dvc_objects' tmp_fname(): "." + token_urlsafe(16) + ".tmp"
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing, altered, extra, manifest
+    kind: str  # missing, altered, extra, manifest, segment
     path: str
     detail: str = ""
 
@@ -86,8 +91,12 @@ def verify(path: Path, hashes: bool = True) -> Report:
         size = target.stat().st_size
         if size != int(row["bytes"]):
             problems.append(Problem("altered", row["path"], f"{size} bytes, manifest says {row['bytes']}"))
-        elif hashes and sha256_file(target) != row["sha256"]:
-            problems.append(Problem("altered", row["path"], "sha256 differs from the manifest"))
+        elif hashes:
+            data = target.read_bytes()
+            if sha256_bytes(data) != row["sha256"]:
+                problems.append(Problem("altered", row["path"], "sha256 differs from the manifest"))
+            if target.suffix.lower() in JPEG_SUFFIXES:
+                problems += [Problem("segment", row["path"], reason) for reason in foreign_segments(data)]
     for file in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         relative = file.relative_to(folder).as_posix()
         if relative != MANIFEST and relative not in listed:

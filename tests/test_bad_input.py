@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import struct
 import zipfile
 import zlib
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline.common import sha256_bytes
@@ -328,3 +330,83 @@ def test_bad_params_are_named_with_their_line(tmp_path, repo_root, old, new, fie
     assert problems, new
     line = problems[0].line()
     assert line.startswith(f"{path}:") and field in line and message in line, line
+
+
+# ------------------------------------------------------------------------------------------------- one-line failures
+
+def test_a_broken_schema_file_is_one_line_naming_it(tmp_path, repo_root, monkeypatch):
+    """A schema file with a JSON syntax error: `ham validate` and a stage say so in one line naming the file and
+    line, exit 1, no traceback."""
+    from click.testing import CliRunner
+
+    from pipeline import schema_messages
+    from pipeline.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    schemas = tmp_path / "schemas"
+    shutil.copytree(repo_root / "schemas", schemas)
+    text = (schemas / "params.schema.json").read_text()
+    cut = text.index('"epochs"')
+    (schemas / "params.schema.json").write_text(text[:cut] + text[cut + 1:])  # a quote lost: not JSON any more
+    line = text[:cut].count("\n") + 1
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(repo_root / "params.yaml", params)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(schema_messages, "SCHEMA_DIR", schemas)
+    schema_messages.load_schema.cache_clear(), schema_messages.validator.cache_clear()
+    try:
+        for command in (["validate", str(params)], ["split", "--params", str(params)]):
+            result = CliRunner().invoke(main, command)
+            assert result.exit_code == 1
+            assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+            assert result.output.startswith(f"Error: {schemas / 'params.schema.json'}:{line}: schema file is not "
+                                            f"valid JSON: ") and result.output.count("\n") == 1, result.output
+    finally:
+        schema_messages.load_schema.cache_clear(), schema_messages.validator.cache_clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "schemas"]  # no work, nothing noted
+
+
+def test_an_unreadable_source_folder_is_one_line_naming_it(tmp_path, repo_root, monkeypatch):
+    """A subfolder of a source that cannot be listed: ingest refuses the source in one line naming the folder,
+    before any work (its files could be neither read nor put in the ledger). The folder's mode is really 000;
+    root reads it anyway, so there the kernel's answer to anyone else (EACCES) is given by `os.scandir`."""
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    source = tmp_path / "raw"
+    (source / "images" / "locked").mkdir(parents=True)
+    (source / "images" / "open").mkdir()
+    Image.new("RGB", (600, 450), (180, 120, 100)).save(source / "images" / "open" / "a.jpg")
+    Image.new("RGB", (600, 450), (90, 60, 50)).save(source / "images" / "locked" / "b.jpg")
+    (source / "index.csv").write_text("file,lesion\nopen/a.jpg,L1\nlocked/b.jpg,L2\n")
+    params = tmp_path / "params.yaml"
+    settings = yaml.safe_load((repo_root / "params.yaml").read_text())
+    settings["ingest"]["sources"] = [{"name": "vidir_modern", "kind": "export", "path": "raw"}]
+    params.write_text(yaml.safe_dump(settings, sort_keys=False))
+    locked = source / "images" / "locked"
+    os.chmod(locked, 0)
+    if os.geteuid() == 0:
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if Path(path).resolve() == locked.resolve():
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(main, ["ingest", "--params", str(params), "--out", str(tmp_path / "out")])
+    finally:
+        os.chmod(locked, 0o755)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == (  # after the warning that raw/ has no .dvc file of its own
+        "Error: source vidir_modern: raw/images/locked cannot be read (Permission denied); make it readable "
+        "(chmod -R u+rX) or move it out of the source")
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    # nothing read, nothing written but the empty object store folder
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "out").rglob("*"))] == ["out/objects"]

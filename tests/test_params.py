@@ -1,5 +1,6 @@
 """params.yaml: each source kind's typed options and their schema, a source's `dataset`, the repository's raw
-source folders, and every stage checking its own params section first with the message `ham validate` gives."""
+source folders, every section closed to unknown keys, values that make a step meaningless, and every stage
+checking the whole params file first with the message `ham validate` gives."""
 from __future__ import annotations
 
 import json
@@ -245,14 +246,111 @@ def test_every_stage_checks_its_own_section_first(tmp_path, repo_root, command, 
     assert not (tmp_path / "out").exists()
 
 
-def test_a_stage_is_not_stopped_by_another_stage_s_section(tmp_path, repo_root):
+# ------------------------------------------------------------------------------------------------- closed sections
+
+@pytest.mark.parametrize("old, new, field, message", [
+    ("  epochs: 30", "  epoch: 30", "filter.epoch", "unexpected key 'epoch' (did you mean 'epochs'?)"),
+    ("  quality: 100", "  qualty: 100", "standardise.qualty", "unexpected key 'qualty' (did you mean 'quality'?)"),
+    ("  max_pixels: 100000000", "  max_pixel: 100000000", "ingest.max_pixel",
+     "unexpected key 'max_pixel' (did you mean 'max_pixels'?)"),
+    ("  age_cap: 85", "  age_cap: 85\n  agecap: 80", "metadata.agecap", "unexpected key 'agecap' (did you mean "
+     "'age_cap'?)"),
+    ("    image_start: 9000000", "    image_start: 9000000\n    image_stat: 1", "metadata.ids.image_stat",
+     "unexpected key 'image_stat' (did you mean 'image_start'?)"),
+    ("  seed: 20180814\n\nrelease:", "  seed: 20180814\n  test_fracton: 0.3\n\nrelease:", "split.test_fracton",
+     "unexpected key 'test_fracton' (did you mean 'test_fraction'?)"),
+    ("  license: CC", "  licence: CC", "release.licence", "unexpected key 'licence' (did you mean 'license'?)"),
+    ("standardise:  # the authors'", "standardize:  # the authors'", "standardize",
+     "unexpected key 'standardize' (did you mean 'standardise'?)"),
+    # values that make a step meaningless
+    ("  epochs: 30", "  epochs: 0", "filter.epochs", "must be at least 1"),
+    ("  batch_size: 32", "  batch_size: 0", "filter.batch_size", "must be more than 0"),
+    ("  inference_batch_size: 256", "  inference_batch_size: -4", "filter.inference_batch_size",
+     "must be more than 0"),
+    ("  min_confidence: 0.5", "  min_confidence: 0.95", "filter.min_confidence",
+     "above review_below (0.9): an image the model scores between them would be dropped without going to review"),
+    ("  holdout_fraction: 0.2", "  holdout_fraction: 1.0", "filter.holdout_fraction",
+     "holds out every annotated image: nothing is left to train on"),
+    ("  keep_types: [dsc]", "  keep_types: []", "filter.keep_types", "keeps no image type: the release would "
+     "hold no image"),
+    ("  train_device: cpu", "  train_device: gpu", "filter.train_device", "expected one of: cpu, auto, cuda"),
+    ("    review_distance: 30", "    review_distance: 5", "standardise.dedupe.review_distance",
+     "below max_distance (10): no pair could ever be listed for review"),
+    ("  max_pixels: 100000000", "  max_pixels: 4000", "ingest.max_pixels",
+     "below min_side squared (64x64 = 4096): every image would be rejected"),
+    ("  max_aspect: 4.0", "  max_aspect: 0.75", "ingest.max_aspect", "below 1: the long side over the short one is "
+     "never under 1, so every image would be rejected (0: no limit)"),
+])
+def test_unknown_keys_and_meaningless_values_are_named_with_their_line(tmp_path, repo_root, old, new, field,
+                                                                       message):
+    text = params_text(repo_root)
     path = tmp_path / "params.yaml"
-    path.write_text(params_text(repo_root).replace("  epochs: 30", '  epochs: "ten"', 1))
-    result = CliRunner().invoke(main, ["split", "--params", str(path), "--metadata", str(tmp_path / "none.csv"),
-                                       "--images", str(tmp_path / "none.csv"),
-                                       "--registry", str(tmp_path / "splits.csv")])
-    assert result.exit_code == 1 and "filter.epochs" not in result.output
-    assert re.fullmatch(r"Error: .*none\.csv: file not found\n", result.output), result.output
+    changed = text.replace(old, new, 1)
+    assert changed != text
+    path.write_text(changed)
+    line = changed.splitlines().index(next(line for line in changed.splitlines()
+                                           if line.strip().startswith(field.rsplit(".", 1)[-1] + ":"))) + 1
+    problems = [p for p in validate_params(path) if p.field == field]
+    assert [(p.row, p.message) for p in problems] == [(line, message)], validate_params(path)
+
+
+def test_a_cross_key_rule_is_not_stacked_on_a_schema_problem(tmp_path, repo_root):
+    """min_confidence 5 is out of range: said once, not again as 'above review_below'."""
+    path = tmp_path / "params.yaml"
+    path.write_text(params_text(repo_root).replace("  min_confidence: 0.5", "  min_confidence: 5", 1))
+    assert [(p.field, p.message) for p in validate_params(path)] == [("filter.min_confidence", "must be at most 1")]
+
+
+def test_a_retired_key_says_what_to_write_instead(tmp_path, repo_root):
+    path = tmp_path / "params.yaml"
+    path.write_text(params_text(repo_root).replace("  age_cap: 85", "  age_cap: 85\n  datasets: {}", 1))
+    assert [(p.field, p.message) for p in validate_params(path)] == [
+        ("metadata.datasets", "no longer read: declare `dataset:` on each source under ingest.sources")]
+
+
+def test_every_key_the_stages_read_is_in_the_schema(repo_root):
+    """The repository's params.yaml sets every key the stages read (the schema's closed sections would reject a
+    key it does not know): each key of the file is a property of its section in the schema."""
+    params = yaml.safe_load(params_text(repo_root))
+    schema = load_schema("params")["properties"]
+    for section, values in params.items():
+        assert schema[section].get("additionalProperties") is False, section
+        assert set(values) <= set(schema[section]["properties"]), section
+
+
+# Every command dvc.yaml runs (checked below against dvc.yaml), and problems outside most of their sections
+STAGE_COMMANDS = ["ingest", "collect-annotated", "train-filter", "filter", "standardise", "metadata", "split",
+                  "release"]
+OTHER_SECTION_PROBLEMS = [
+    ("  epochs: 30", "  epochs: 30\n  epoch: 3", "filter.epoch", "unexpected key 'epoch' (did you mean 'epochs'?)"),
+    ("standardise:  # the authors'", "standardize:  # the authors'", "standardise",
+     "missing required key 'standardise'"),
+    ("    review_distance: 30", "    review_distance: 5", "standardise.dedupe.review_distance",
+     "below max_distance (10): no pair could ever be listed for review"),
+    ("  epochs: 30", "  epochs: 0", "filter.epochs", "must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("old, new, field, message", OTHER_SECTION_PROBLEMS)
+def test_every_stage_refuses_a_file_validate_rejects(tmp_path, repo_root, monkeypatch, old, new, field, message):
+    """Whatever section the problem is in, every stage stops before any work with `ham validate`'s first line."""
+    text = params_text(repo_root)
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    problems = validate_params(path)
+    assert problems and problems[0].field == field and problems[0].message == message, problems
+    more = f" (and {len(problems) - 1} more; see `ham validate {path}`)" if len(problems) > 1 else ""
+    monkeypatch.chdir(tmp_path)  # the commands' default paths: nothing of the repository is touched
+    for command in STAGE_COMMANDS:
+        result = CliRunner().invoke(main, [command, "--params", str(path)])
+        assert (result.exit_code, result.output) == (1, f"Error: {problems[0].line()}{more}\n"), command
+        assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written, nothing made
+
+
+def test_stage_commands_are_those_dvc_yaml_runs(repo_root):
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    assert sorted(stage["cmd"].split()[1] for stage in stages.values()) == sorted(STAGE_COMMANDS)
 
 
 def test_cli_imports_no_stage_module():
@@ -302,3 +400,41 @@ def test_a_params_text_found_valid_is_not_checked_against_the_schema_again(tmp_p
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert run.stdout.split() == ["False"]
+
+
+def test_the_validity_note_covers_every_check(tmp_path, repo_root, monkeypatch):
+    """A note says only that the schema passed, under its key (params text, schema bytes, jsonschema): a text noted
+    valid under a schema with an open section is checked again once the section is closed, and a rule across keys
+    (plain Python, never noted) is found on a noted text every time."""
+    import json
+
+    from pipeline import params as params_module
+    from pipeline import schema_messages
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    checked = []
+    real = params_module._schema_problems
+    monkeypatch.setattr(params_module, "_schema_problems", lambda *args: checked.append(1) or real(*args))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(params_text(repo_root).replace("  epochs: 30", "  epochs: 30\n  epoch: 3", 1))
+
+    open_schema = tmp_path / "open-schemas"
+    shutil.copytree(schema_messages.SCHEMA_DIR, open_schema)
+    schema = json.loads((open_schema / "params.schema.json").read_text())
+    del schema["properties"]["filter"]["additionalProperties"]
+    (open_schema / "params.schema.json").write_text(json.dumps(schema))
+    try:
+        monkeypatch.setattr(schema_messages, "SCHEMA_DIR", open_schema)
+        schema_messages.load_schema.cache_clear(), schema_messages.validator.cache_clear()
+        assert params_module.params_problems(typo) == [] and len(checked) == 1  # noted valid under the open schema
+        monkeypatch.setattr(schema_messages, "SCHEMA_DIR", repo_root / "schemas")
+        schema_messages.load_schema.cache_clear(), schema_messages.validator.cache_clear()
+        assert [p.field for p in params_module.params_problems(typo)] == ["filter.epoch"] and len(checked) == 2
+    finally:
+        schema_messages.load_schema.cache_clear(), schema_messages.validator.cache_clear()
+
+    crossed = tmp_path / "crossed.yaml"
+    crossed.write_text(params_text(repo_root).replace("  min_confidence: 0.5", "  min_confidence: 0.95", 1))
+    for _ in range(2):
+        assert [p.field for p in params_module.params_problems(crossed)] == ["filter.min_confidence"]
+    assert len(checked) == 3  # the schema passed once and was noted; the rule ran both times

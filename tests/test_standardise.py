@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 from pipeline.common import read_csv
 from pipeline.imaging import EXIF_ORIENTATION
 from pipeline.ingest import ingest
+from pipeline.jpeg_segments import foreign_segments
 from pipeline.standardise import standardise, standardise_image
 
 PARAMS = {"width": 600, "height": 450, "quality": 100, "density": 72}
@@ -74,6 +75,7 @@ def test_output_format(clinical_images, ham_data):  # a real DermNet photo's met
     assert out.info.get("jfif_unit") == 1  # pixels per inch
     assert not out.getexif()
     assert "exif" not in out.info and "icc_profile" not in out.info and "xmp" not in out.info
+    assert foreign_segments(data) == []  # and nothing else: every segment walked (tests/test_deidentify.py)
     assert JpegImagePlugin.get_sampling(out) == 0  # 4:4:4
     # quality 100: every quantisation table entry is 1
     assert out.quantization and all(max(table) == 1 for table in out.quantization.values())
@@ -86,7 +88,9 @@ def test_output_format(clinical_images, ham_data):  # a real DermNet photo's met
                                      icc_profile=icc)
     with Image.open(buffer) as large:
         assert large.info.get("icc_profile") and large.getexif()
-        out = Image.open(io.BytesIO(standardise_image(large)))
+        data = standardise_image(large)
+        out = Image.open(io.BytesIO(data))
+    assert foreign_segments(data) == []
     assert out.size == (600, 450) and tuple(round(v) for v in out.info["dpi"]) == (72, 72)
     assert not out.getexif() and "icc_profile" not in out.info and "exif" not in out.info
 

@@ -522,6 +522,7 @@ def test_params_problems(tmp_path):
         Problem(f, 12, "filter.learning_rate", "1e-4",
                 "expected a number, got text (YAML reads 1e-4 as text: write 1.0e-4)"),
         Problem(f, 16, "filter.min_confidence", "1.5", "must be at most 1"),
+        Problem(f, 18, "standardise.new_knob", "new_knob", "unexpected key 'new_knob'"),  # every section is closed
         Problem(f, 18, "standardise.quality", "101", "must be at most 100"),
         Problem(f, 20, "split.val_fraction", "0.5", "test_fraction + val_fraction is 1.1; it must be below 1"),
         Problem(f, 21, "relaese", "relaese", "unexpected key 'relaese' (did you mean 'release'?)"),

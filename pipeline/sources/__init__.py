@@ -173,11 +173,13 @@ def _link_outside(root: Path, origin: str) -> str | None:
             f"of a source (copy the file in)")
 
 
-def tree_stamp(root: Path) -> str:
+def tree_stamp(root: Path, unreadable: list | None = None) -> str:
     """A cheap identity of everything under a source folder: each entry's relative path, kind, size, modification
     time in ns and inode (a link's target instead of its stat), sha256 over all of it. Any file added, removed,
     rewritten, touched, replaced or re-linked changes it, as `file_stamp` does for one file; reading the stats of
-    11k files costs tens of milliseconds, where listing and stamping them through the readers costs seconds."""
+    11k files costs tens of milliseconds, where listing and stamping them through the readers costs seconds.
+    `unreadable`: a list that gets (relative path, reason) of each folder that cannot be listed and each entry
+    whose stat fails (ingest refuses such a source, naming the first, rather than lose its files unseen)."""
     root = os.fspath(root)
     digest = hashlib.sha256()
     pending = [""]
@@ -187,6 +189,8 @@ def tree_stamp(root: Path) -> str:
             entries = sorted(os.scandir(os.path.join(root, relative) if relative else root), key=lambda e: e.name)
         except OSError as error:
             digest.update(f"{relative}\0unreadable {error.errno}\n".encode("utf-8", "surrogateescape"))
+            if unreadable is not None:
+                unreadable.append((relative or ".", error.strerror or str(error)))
             continue
         for entry in entries:
             path = f"{relative}/{entry.name}" if relative else entry.name
@@ -201,6 +205,8 @@ def tree_stamp(root: Path) -> str:
                     line = f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}"
             except OSError as error:
                 line = f"{path}\0unreadable {error.errno}"
+                if unreadable is not None:
+                    unreadable.append((path, error.strerror or str(error)))
             digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
     return digest.hexdigest()
 
