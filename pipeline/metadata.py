@@ -121,8 +121,8 @@ def check_datasets(candidates: list[dict], candidates_csv) -> None:
     otherwise be excluded for one configuration reason."""
     lacking: dict[str, int] = defaultdict(int)
     for candidate in candidates:
-        if dataset_of(candidate) is None:
-            lacking[candidate["source"]] += 1
+        if dataset_of(candidate) is None and '"role": "training"' not in (candidate.get("extra") or ""):
+            lacking[candidate["source"]] += 1  # training material is never released: it needs no dataset
     if lacking:
         source, count = sorted(lacking.items())[0]
         others = f" (also: {', '.join(sorted(lacking)[1:])})" if len(lacking) > 1 else ""

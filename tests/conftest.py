@@ -164,6 +164,13 @@ def some_images(tmp_path_factory) -> SomeImages:
 
 
 @pytest.fixture(scope="session")
+def drawn_images(tmp_path_factory) -> dict:
+    """Drawn images whatever $HAM_DATA holds: {'dsc': DrawnImages, 'clinic': DrawnImages}."""
+    folder = tmp_path_factory.mktemp("drawn-always")
+    return {"dsc": DrawnImages(folder, "dsc", 60), "clinic": DrawnImages(folder, "clinic", 60)}
+
+
+@pytest.fixture(scope="session")
 def sample_raw(tmp_path_factory):
     """The demo's synthetic sample written once: (folder, {source name: pipeline.sample.Written})."""
     from pipeline.sample import write_sources

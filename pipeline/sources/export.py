@@ -2,7 +2,9 @@
 
 Options:
   index:   the index file, relative to the source root (default `index.csv`): a CSV file, or an Excel workbook
-           (`.xlsx`) whose first row holds the column names
+           (`.xlsx`) whose first row holds the column names; null: no index, every image file under the images
+           folder is an item whose lesion_key is its folder relative to the images folder (a collection or
+           condition; empty at the top), as for a folder of labelled material (`role: training`)
   sheet:   for a workbook, the sheet to read (default: the first sheet)
   columns: mapping from our field names (`file`, `lesion_key`, `diagnosis`, `dx`, ...) to the export's column
            names; fields not mapped are looked up under their own name and left empty where absent; columns
@@ -38,7 +40,7 @@ COLUMN_KEYS = ("file", *ITEM_FIELDS)  # what `columns` may map
 @dataclass(frozen=True)
 class ExportOptions(SourceOptions):
     KIND = "export"
-    index: str = option("index.csv", text())
+    index: str | None = option("index.csv", text(nullable=True))
     sheet: str | None = option(None, text(nullable=True))
     columns: dict = option(check=mapping(COLUMN_KEYS), factory=dict)
     images: str = option(".", text())
@@ -123,6 +125,9 @@ def read_export(root: Path, options: ExportOptions | dict) -> Iterator[Union[Raw
     index_name = options.index
     columns = options.columns
     images_dir = root / options.images
+    if index_name is None:
+        yield from _read_unindexed(root, images_dir, options)
+        return
     index_path = root / index_name
     file_column = columns.get("file", "file")
     named: set[str] = set()
@@ -154,3 +159,20 @@ def read_export(root: Path, options: ExportOptions | dict) -> Iterator[Union[Raw
         if origin in named or path == index_path or path.suffix.lower() in INDEX_SKIP or path.name.startswith("."):
             continue
         yield Reject(origin, "", f"{origin} {unlisted}")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+
+
+def _read_unindexed(root: Path, images_dir: Path, options: ExportOptions) -> Iterator[Union[RawItem, Reject, Unit]]:
+    """Every file under the images folder: an image by its suffix is an item (lesion_key: its folder), any other
+    file is rejected with its reason, so nothing is silently dropped."""
+    for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
+        origin = path.relative_to(root).as_posix()
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            yield Reject(origin, "", f"{origin}: not an image file by its suffix (no index names the source's files)")
+            continue
+        folder = path.parent.relative_to(images_dir).as_posix()
+        fields = {name: "" for name in ITEM_FIELDS}
+        fields["lesion_key"] = "" if folder == "." else folder
+        yield file_unit(path, origin, "", fields, f"image file {origin} cannot be read")
