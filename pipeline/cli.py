@@ -73,7 +73,7 @@ def compute_of(params_path: Path):
 @click.group()
 @click.version_option(package_name="ham10000-repo")
 def main():
-    """Build, validate and release the HAM10000 dataset repository (see README.md)."""
+    """Build, validate and release the HAM10000 dataset repository (see README.md and docs/)."""
 
 
 @main.command()

@@ -24,7 +24,7 @@ release.json) are written every time. The stage prints what it did (kept, linked
 Under `dvc repro` the release folder is an ordinary output (dvc.yaml): DVC deletes it before the stage runs, and
 an image whose store file still has the inode, size and mtime recorded when it was last linked and checked is
 linked again without being read. (A persistent output would be updated in place, but DVC "unprotects" one
-first, turning each linked file into a private copy: see README, "Release linking".)
+first, turning each linked file into a private copy: see docs/internals.md, "Release linking".)
 
 Every manifest has the columns of schemas/manifest-row.schema.json; `ham verify` checks a release or one split
 against them. Same inputs -> same bytes: release.json carries no timestamp and no git revision, because the commit
