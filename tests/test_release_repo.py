@@ -3,8 +3,8 @@ remote): v2 has one image added, one removed, one relabelled and one with other 
 moves a lesion to the other split.
 
 `ham diff` reads them from git and the DVC cache, then from the remote once the cache is gone; the PyTorch
-`ReleaseDataset` loads a release folder, one split, and a tag of the repository through dvc.api; the README's
-five-line example runs."""
+`ReleaseDataset` loads a release folder, one split, and a tag of the repository through dvc.api; the downstream
+guide's five-line example runs."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.common import read_csv, sha256_file
+from tests.doc_blocks import block
 from tests.release_repo import commit_release, init_release_repo, sample_rows, sh
 
 pytestmark = pytest.mark.real_data
@@ -175,9 +176,7 @@ def test_dataset_from_a_git_tag_fetches_only_what_it_reads(repo, tmp_path):
 
 
 def test_readme_example_runs(repo, repo_root, tmp_path):
-    text = (repo_root / "README.md").read_text()
-    start = text.index("<!-- loader-example -->")
-    code = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    code = block("loader-example", fences=("```python",))  # docs/downstream.md's example
     assert len(code.strip().splitlines()) <= 5
     shutil.copytree(repo["root"] / "release", tmp_path / "release")
     result = sh([sys.executable, "-c", code], tmp_path)
