@@ -11,7 +11,7 @@ and times `standardise()` from an empty output folder:
 Every run writes the same bytes (checked). Figures merged into bench/results.json:
 `distributed_standardise_images_per_s_{one_process,local_pool_2,dask_1_worker,dask_2_workers}`,
 `distributed_dask_overhead_ms_per_image` (dask with 2 workers against the local pool with 2 processes, per image)
-and `distributed_cost_1e6_images_hours_{1,10,100}_machines`: the cost model of README "Beyond one machine",
+and `distributed_cost_1e6_images_hours_{1,10,100}_machines`: the cost model of docs/s3-dask.md,
 whose assumptions are the constants below.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ DATA = Path(os.environ.get("HAM_DATA", REPO.parent / "shared" / "data"))
 PARAMS = {"width": 600, "height": 450, "quality": 100, "density": 72}
 COMMAND = "make bench (python -m benchmarks.bench_distributed)"
 
-# Cost model assumptions (README "Beyond one machine"): each machine has CORES worker processes; the per-image
+# Cost model assumptions (docs/s3-dask.md): each machine has CORES worker processes; the per-image
 # work of the four per-image steps is STEPS_PER_IMAGE times standardise's (vet + hash at ingest, filter scoring on
 # a CPU, standardise, phash); every image crosses the network twice (raw object in, standardised out) at
 # MEAN_OBJECT_MB each way per image, MACHINE_MBIT per machine, shared with the bucket; the head node's own work
@@ -126,7 +126,7 @@ def main() -> None:
     for machines in (1, 10, 100):
         figures[f"distributed_cost_1e6_images_hours_{machines}_machines"] = figure(
             cost_hours(machines, per_image, max(overhead, 0.0)), "h", COMMAND, machine=where,
-            note=f"cost model (README 'Beyond one machine'): {IMAGES:.0e} images, {CORES} workers a machine, "
+            note=f"cost model (docs/s3-dask.md): {IMAGES:.0e} images, {CORES} workers a machine, "
                  f"{per_image * 1000:.0f} ms/image measured x {STEPS_PER_IMAGE:g} steps, {MEAN_OBJECT_MB} MB each "
                  f"way at {MACHINE_MBIT} Mbit/s, {HEAD_HOURS:g} h on the head node")
     record(figures)

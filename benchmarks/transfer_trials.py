@@ -23,7 +23,7 @@ Five kinds of trial, cycled; each kills at a seeded share (10-90 %) of the trans
   placing files from its cache into the workspace).
 A push trial passes when the second push exits 0, `dvc status -c` is clean, and a fresh clone with an empty cache
 pulls the release from that prefix, `ham verify release` passes and every file of it is byte-identical to the
-maintainer's. After a pull trial's kill the README's steps run: `dvc pull` again and `ham verify release`; if either
+maintainer's. After a pull trial's kill the steps of docs/reliability.md run: `dvc pull` again and `ham verify release`; if either
 fails, `dvc pull --force` and `ham verify release` again (`forced` in the outcome). It passes when the last pull
 exits 0, `ham verify release` passes in the clone and the release is byte-identical (sha256 of every file) to the
 maintainer's. Each trial records how far the interrupted
@@ -215,7 +215,7 @@ class Bench:
         placed = count_files(clone / "release")
         if victim == "server":
             self.server.start()
-        # The README's steps after an interrupted pull: `dvc pull` again and `ham verify release`; if either
+        # The steps of docs/reliability.md after an interrupted pull: `dvc pull` again and `ham verify release`; if either
         # fails, `dvc pull --force` (DVC refuses to replace a partial copy it left in the workspace) and verify.
         resumed = sh(["dvc", "pull"], clone, self.env, check=False)
         checked = self.verified_clone(clone)

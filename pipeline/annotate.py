@@ -2,16 +2,24 @@
 any folder) with its source and the model's guess; the keys are the authors' d (dermatoscopic), c (clinical
 overview), m (clinical close-up), plus s (skip) and u (undo).
 
-Every answer is appended at once to the annotations CSV as an `IMAGE,ANNOTATION,TIMESTAMP` row (IMAGE = the image's
+Every answer is written at once to the annotations CSV as an `IMAGE,ANNOTATION,TIMESTAMP` row (IMAGE = the image's
 sha256, which is the candidate ID), so the page can be closed at any time: images already answered in that file are
-counted as done and the page starts at the first one still open. Undo removes this session's last answer from the
-file (the file is cut back to its length before that row) and shows that image again; a skipped image stays open
-and comes back next time. The next `dvc repro` applies the answers (annotations beat the model and the sources).
+counted as done and the page starts at the first one still open. Each write makes a new file and renames it over
+the old one (`annotations.replace_file`): the file `dvc add` tracks is, with the project's `cache.type hardlink`,
+the inode of DVC's cache object, which an append in place would corrupt. Undo removes this session's last answer
+(the file replaced by its content before that row) and shows that image again; a skipped image stays open and
+comes back next time. The next `dvc repro` applies the answers (annotations beat the model and the sources).
+
+The server answers only requests addressed to it by its loopback name (`Host` 127.0.0.1 or localhost and its
+port: a DNS-rebinding page's host name is refused) and takes a POST only from its own page (`Origin` the same
+address), so another web page open in the same browser cannot post answers. A browser that closes a connection
+early (fast keys, a page reloaded mid-image) costs nothing: the server drops that connection quietly.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -174,6 +182,10 @@ class AnnotationSession:
         return {"image": image}
 
 
+def allowed_hosts(port: int) -> set[str]:
+    return {f"127.0.0.1:{port}", f"localhost:{port}"}
+
+
 def make_handler(session: AnnotationSession):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):  # quiet: one line per request would bury the console
@@ -191,7 +203,9 @@ def make_handler(session: AnnotationSession):
             self._send(status, json.dumps(value).encode(), "application/json")
 
         def do_GET(self):  # noqa: N802
-            if self.path in ("/", "/index.html"):
+            if self.headers.get("Host", "") not in allowed_hosts(self.server.server_address[1]):
+                self._json({"error": "not this server's name"}, HTTPStatus.FORBIDDEN)  # a rebinding page reads nothing
+            elif self.path in ("/", "/index.html"):
                 self._send(200, PAGE.encode(), "text/html; charset=utf-8")
             elif self.path == "/state":
                 self._json(session.state())
@@ -207,8 +221,23 @@ def make_handler(session: AnnotationSession):
             else:
                 self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
+        def _refused(self) -> str | None:
+            """Why this request may not write (None: it may): a foreign Host or Origin."""
+            hosts = allowed_hosts(self.server.server_address[1])
+            host, origin = self.headers.get("Host", ""), self.headers.get("Origin")
+            if host not in hosts:
+                return f"Host {host!r} is not this server ({' or '.join(sorted(hosts))})"
+            if origin is None or origin.removeprefix("http://") not in hosts:
+                return f"Origin {origin!r} is not this page: answers are taken from this server's own page only"
+            return None
+
         def do_POST(self):  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
+            refused = self._refused()
+            if refused:
+                self.close_connection = True
+                self._json({"error": refused}, HTTPStatus.FORBIDDEN)
+                return
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path == "/answer":
@@ -223,6 +252,17 @@ def make_handler(session: AnnotationSession):
     return Handler
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A closed connection (the browser moved on before an image was sent) is no error worth a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset, ConnectionAborted
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(annotations: Path, queue: Path | None = None, objects: Path | None = None,
                 folder: Path | None = None, port: int = 0) -> ThreadingHTTPServer:
     """The server, bound to 127.0.0.1 (never another interface: the page writes files)."""
@@ -234,10 +274,9 @@ def make_server(annotations: Path, queue: Path | None = None, objects: Path | No
         items = queue_items(Path(queue), Path(objects))
     read_annotations_if_any(annotations)  # a broken annotations file is named now, not at the first key
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(AnnotationSession(annotations, items)))
+        server = QuietServer(("127.0.0.1", port), make_handler(AnnotationSession(annotations, items)))
     except OSError as error:
         raise PipelineError(f"127.0.0.1:{port}: {error.strerror}") from None
-    server.daemon_threads = True
     server.items = items
     return server
 

@@ -12,6 +12,7 @@ this cheap stage, whose output comes out byte-identical, and DVC then skips trai
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,29 +42,52 @@ def read_annotations_if_any(path: Path | None) -> dict[str, str]:
     return read_annotations(Path(path)) if path and Path(path).exists() else {}
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Make `path` hold `data` by writing a new file beside it, fsyncing it and renaming it over the old one (then
+    fsyncing the folder), never by writing into the old file. Under DVC with `cache.type hardlink` a file that
+    `dvc add` tracks is the same inode as its cache object: a write into it would change the cache object too,
+    which then no longer matches its md5. A rename leaves every other link of the old file as it was; the
+    file's permission bits carry over (DVC leaves linked files read-only, a fresh copy is the user's own)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777 | 0o200  # the owner may write the new file
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)
+
+
 def append_annotation(path: Path, image: str, key: str, timestamp: str | None = None) -> int:
-    """Append one `IMAGE,ANNOTATION,TIMESTAMP` row at once (header first if the file is new or empty); returns the
-    file's length before the row, so the answer can be undone with `truncate_annotations`."""
+    """Add one `IMAGE,ANNOTATION,TIMESTAMP` row (header first if the file is new or empty), written whole to a
+    new file that replaces the old one (`replace_file`); returns the file's length before the row, so the answer
+    can be undone with `truncate_annotations`."""
     if key not in ANNOTATION_KEYS:
         raise PipelineError(f"annotation key {key!r} is not one of d, c, m")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     timestamp = timestamp or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    with open(path, "a+b") as handle:
-        handle.seek(0, os.SEEK_END)
-        before = handle.tell()
-        prefix = b""
-        if before == 0:
-            prefix = (",".join(ANNOTATION_COLUMNS) + "\n").encode()
-        else:
-            handle.seek(before - 1)
-            if handle.read(1) not in (b"\n", b"\r"):
-                prefix = b"\n"  # a file whose last line has no line end
-        handle.seek(0, os.SEEK_END)
-        handle.write(prefix + f"{image},{key},{timestamp}\n".encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-    return before
+    old = path.read_bytes() if path.exists() else b""
+    prefix = b""
+    if not old:
+        prefix = (",".join(ANNOTATION_COLUMNS) + "\n").encode()
+    elif not old.endswith((b"\n", b"\r")):
+        prefix = b"\n"  # a file whose last line has no line end
+    replace_file(path, old + prefix + f"{image},{key},{timestamp}\n".encode())
+    return len(old)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -144,8 +168,8 @@ def import_labels(annotations_csv: Path, labelled: list[tuple[Path, str]], times
 
 
 def truncate_annotations(path: Path, length: int) -> None:
-    with open(path, "r+b") as handle:
-        handle.truncate(length)
+    """Cut the file back to its first `length` bytes, by replacing it (`replace_file`) as every write does."""
+    replace_file(Path(path), Path(path).read_bytes()[:length])
 
 
 def collect_annotated(candidates_csv: Path, objects_dir: Path, annotations_csv: Path, out_dir: Path) -> dict:

@@ -78,7 +78,7 @@ def compute_of(params_path: Path):
 @click.group()
 @click.version_option(package_name="ham10000-repo")
 def main():
-    """Build, validate and release the HAM10000 dataset repository (see README.md)."""
+    """Build, validate and release the HAM10000 dataset repository (see README.md and docs/)."""
 
 
 @main.command()
@@ -319,7 +319,7 @@ def release(params_path, metadata_csv, images, splits, standardised, out, summar
 @friendly_errors
 def summary(summary_json):
     """Print a release's counts per split and class, from its summary file (metrics/release.json), its
-    release.json, or a release folder."""
+    release.json, a release folder, or one split folder (as `dvc get REPO release/test` gives it)."""
     from .release import format_summary, read_summary
 
     click.echo(format_summary(read_summary(summary_json)))

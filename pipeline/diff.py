@@ -87,12 +87,21 @@ class ReleaseAt:
             with dvc.api.open(f"{self.release}/{relpath}", repo=str(self.repo), rev=self.commit,
                               encoding="utf-8") as handle:
                 return handle.read()
-        except FileNotFoundError:
+        except FileNotFoundError as error:
+            if listing is not None:  # listed in the release, so the remote is what is missing, not the file
+                raise PipelineError(self.unreadable(relpath, error)) from None
             return None
         except Exception as error:  # dvc raises many types: no remote, not in cache, ...
-            raise PipelineError(f"{self.rev}: cannot read {self.release}/{relpath} from the DVC cache or remote "
-                                f"({type(error).__name__}: {error}); `dvc fetch -r <remote> --rev {self.rev}` "
-                                f"or give read access to the remote") from None
+            raise PipelineError(self.unreadable(relpath, error)) from None
+
+    def unreadable(self, relpath: str, error: Exception) -> str:
+        """One line naming the file and a DVC 3 command that gets it (`dvc fetch` has no `--rev`: it fetches the
+        outputs of the checked-out revision, or of every tag with `--all-tags`)."""
+        return (f"{self.rev}: cannot read {self.release}/{relpath} from the DVC cache or remote "
+                f"({type(error).__name__}: {error}); fetch that release into the cache where its remote is "
+                f"reachable: `git checkout {self.rev} && dvc fetch {self.release} && git checkout -` (add `-r NAME` "
+                f"for a remote other than the default, see `dvc remote list`; a tag made before the releases moved "
+                f"needs the new remote in config.local, see the downstream guide)")
 
     def images(self) -> dict[str, dict]:
         """image ID -> manifest fields (split, lesion, dx, sha256) + metadata row (dx_type, age, ...)."""

@@ -24,7 +24,7 @@ release.json) are written every time. The stage prints what it did (kept, linked
 Under `dvc repro` the release folder is an ordinary output (dvc.yaml): DVC deletes it before the stage runs, and
 an image whose store file still has the inode, size and mtime recorded when it was last linked and checked is
 linked again without being read. (A persistent output would be updated in place, but DVC "unprotects" one
-first, turning each linked file into a private copy: see README, "Release linking".)
+first, turning each linked file into a private copy: see docs/internals.md, "Release linking".)
 
 Every manifest has the columns of schemas/manifest-row.schema.json; `ham verify` checks a release or one split
 against them. Same inputs -> same bytes: release.json carries no timestamp and no git revision, because the commit
@@ -343,15 +343,34 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def summarise_split_folder(folder: Path) -> dict:
+    """The summary of one split folder as `dvc get REPO release/test` gives it (metadata.csv, manifest.csv, images;
+    no release.json): the split's name from its manifest (the folder may be renamed), else the folder's name."""
+    rows = read_csv(folder / "metadata.csv", ("image_id", "lesion_id", "dx"))
+    split = folder.name
+    if (folder / "manifest.csv").exists():
+        named = {row.get("split", "") for row in read_csv(folder / "manifest.csv")} - {""}
+        if len(named) == 1:
+            split = named.pop()
+    for row in rows:  # an older release's metadata may lack the newer columns
+        row.setdefault("dx_type", "")
+        row.setdefault("dataset", "")
+    whole = summarise(rows, {**{name: [] for name in SPLITS}, SPLITS[0]: rows})
+    return {**whole, "splits": {split: whole["splits"][SPLITS[0]]}}
+
+
 def read_summary(path: Path) -> dict:
-    """The summary of a release from metrics/release.json, a release.json or a release folder; PipelineError
-    with one line for anything else."""
+    """The summary of a release from metrics/release.json, a release.json, a release folder or one split folder;
+    PipelineError with one line for anything else."""
     path = Path(path)
+    if path.is_dir() and not (path / HEADER_NAME).exists() and (path / "metadata.csv").exists():
+        return summarise_split_folder(path)
     if path.is_dir():
         path = path / HEADER_NAME
     if not path.exists():
-        raise PipelineError(f"{path}: not found; run `dvc repro` first (or give metrics/release.json, "
-                            f"release/{HEADER_NAME} or a release folder)")
+        raise PipelineError(f"{path}: not found; give metrics/release.json, release/{HEADER_NAME}, a release "
+                            f"folder or one split folder of a release (in the maintainer's checkout: `dvc repro` "
+                            f"first)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):

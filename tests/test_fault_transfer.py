@@ -2,12 +2,12 @@
 with the reason where it is not installed): `dvc push` and `dvc pull` of a small release of real images, each
 killed mid-transfer once by kill -9 of the server (restarted on the same data folder) and once by kill -9 of the
 dvc client (for the pull, once while downloading and once while placing files in the workspace), then run again as
-the README says. The result must be a complete state: after a push `dvc status -c` clean and a fresh clone's pull
+docs/reliability.md says. The result must be a complete state: after a push `dvc status -c` clean and a fresh clone's pull
 verified and byte-identical; after a pull, `ham verify` passing in the clone and the release byte-identical to the
 maintainer's. `benchmarks/transfer_trials.py` does the same on a larger release, seeded.
 
 A pull killed while placing files can leave DVC's partial copy (`.<token>.tmp`) in the release folder; a plain
-`dvc pull` then refuses to go on and `dvc pull --force` is the README's step: `ham verify` names that file so.
+`dvc pull` then refuses to go on and `dvc pull --force` is that page's step: `ham verify` names that file so.
 """
 from __future__ import annotations
 

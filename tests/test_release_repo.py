@@ -3,8 +3,8 @@ remote): v2 has one image added, one removed, one relabelled and one with other 
 moves a lesion to the other split.
 
 `ham diff` reads them from git and the DVC cache, then from the remote once the cache is gone; the PyTorch
-`ReleaseDataset` loads a release folder, one split, and a tag of the repository through dvc.api; the README's
-five-line example runs."""
+`ReleaseDataset` loads a release folder, one split, and a tag of the repository through dvc.api; the downstream
+guide's five-line example runs."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.common import read_csv, sha256_file
+from tests.doc_blocks import block
 from tests.release_repo import commit_release, init_release_repo, sample_rows, sh
 
 pytestmark = pytest.mark.real_data
@@ -99,6 +100,43 @@ def test_diff_reads_the_remote_when_the_cache_is_gone(repo, tmp_path):
     assert not (clone / "release").exists()  # nothing checked out
 
 
+def test_diff_without_the_remote_hints_a_dvc_command_that_works(repo, tmp_path):
+    """Off the maintainer's machine the remote may be out of reach: the one-line error's hint is a DVC 3 command
+    (run here as printed, once the remote answers again), after which `ham diff` reads the cache."""
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo["root"]), str(clone)], tmp_path)
+    sh(["dvc", "remote", "modify", "--local", "store", "url", str(tmp_path / "gone")], clone)
+    result = CliRunner().invoke(main, ["diff", "v1", "v2", "--repo", str(clone)])
+    assert result.exit_code == 1 and "v1: cannot read release/" in result.output, result.output
+    assert "--rev" not in result.output  # DVC 3's fetch has none ("unrecognized arguments: --rev")
+    hint = result.output.split("fetch that release into the cache where its remote is reachable: `")[1].split("`")[0]
+    assert hint == "git checkout v1 && dvc fetch release && git checkout -"
+    (clone / ".dvc" / "config.local").unlink()  # the remote answers again
+    head = sh(["git", "rev-parse", "HEAD"], clone).stdout
+    sh(hint, clone)
+    assert sh(["git", "rev-parse", "HEAD"], clone).stdout == head  # back where it was
+    sh(["dvc", "remote", "modify", "--local", "store", "url", str(tmp_path / "gone")], clone)  # out of reach again
+    result = CliRunner().invoke(main, ["diff", "v1", "v1", "--repo", str(clone), "--json"])
+    assert result.exit_code == 0, result.output  # v1 now comes from the cache alone
+    assert json.loads(result.output)["images"] == {"a": len(repo["rows"]) - 1, "b": len(repo["rows"]) - 1}
+
+
+def test_summary_of_a_split_folder_as_dvc_get_gives_it(repo, tmp_path):
+    """`dvc get REPO release/test` gives one split folder (no release.json): `ham summary` counts it."""
+    got = tmp_path / "ham10000-test"
+    shutil.copytree(repo["root"] / "release" / "test", got)
+    rows = read_csv(got / "metadata.csv")
+    result = invoke("summary", str(got))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"release: {len(rows)} images of {len({r['lesion_id'] for r in rows})} lesions"
+    classes = sorted({r["dx"] for r in rows})
+    assert lines[1].split()[3:] == classes
+    assert lines[2].split() == ["test", str(len(rows)), str(len({r["lesion_id"] for r in rows})),
+                                *(str(sum(r["dx"] == c for r in rows)) for c in classes)]
+    assert "or one split folder of a release" in CliRunner().invoke(main, ["summary", str(tmp_path / "no")]).output
+
+
 def test_dataset_over_a_release_folder_and_one_split(repo):
     import torch
     from torch.utils.data import DataLoader
@@ -138,9 +176,7 @@ def test_dataset_from_a_git_tag_fetches_only_what_it_reads(repo, tmp_path):
 
 
 def test_readme_example_runs(repo, repo_root, tmp_path):
-    text = (repo_root / "README.md").read_text()
-    start = text.index("<!-- loader-example -->")
-    code = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    code = block("loader-example", fences=("```python",))  # docs/downstream.md's example
     assert len(code.strip().splitlines()) <= 5
     shutil.copytree(repo["root"] / "release", tmp_path / "release")
     result = sh([sys.executable, "-c", code], tmp_path)

@@ -4,8 +4,8 @@ free ports of 127.0.0.1 by a fixture and stopped after; skipped with the reason 
 A maintainer's repository with the project's own `.dvc/config` (default remote `~/ham10000-storage`; HOME is a
 folder of the test, so nothing is written to the real one) tags two releases and pushes them to the default
 folder. Then: a clone elsewhere and `dvc get` from a `file://` git URL both pull from it; the maintainer follows
-the README's procedure to move to S3 (both tags pushed); on "another machine" (another HOME, no folder) a clone of
-the older tag pulls only its test split from S3 as the README says and `ham verify` passes; `dvc get` and
+docs/s3-dask.md's procedure to move to S3 (both tags pushed); on "another machine" (another HOME, no folder) a clone of
+the older tag pulls only its test split from S3 as docs/downstream.md says and `ham verify` passes; `dvc get` and
 `dvc import` of the older tag by git URL, then `dvc update --rev` to a tag made after the move.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.common import read_csv
+from tests.doc_blocks import block
 from tests.release_repo import REPO_ROOT, commit_release, init_release_repo, sample_rows, sh
 from tests.seaweed import BUCKET, CREDENTIALS, running
 
@@ -25,11 +26,6 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 def s3(tmp_path_factory):
     with running(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield {"url": f"s3://{BUCKET}/store", "endpoint": server.endpoint}
-
-
-def readme_block(marker: str) -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    return text[text.index(f"<!-- {marker} -->"):].split("```sh\n", 1)[1].split("```", 1)[0]
 
 
 def verified(folder: Path) -> int:
@@ -76,7 +72,16 @@ def test_default_remote_serves_clones_and_dvc_get_from_a_git_url(maintainer, tmp
 def test_move_to_s3_and_older_tags_still_pull(maintainer, s3, ham_data, tmp_path):
     env, url, repo = maintainer["env"], maintainer["url"], maintainer["repo"]
     s3_env = {**env, **CREDENTIALS, "S3_URL": s3["url"], "S3_ENDPOINT": s3["endpoint"]}
-    moved = sh(readme_block("remote-move"), repo, s3_env)  # the README's procedure, as written
+    # The procedure's own check stops it when the push fails (no `tee` hiding DVC's exit code): a copy of the
+    # repository, the bucket's endpoint a closed port; the default remote is not switched.
+    broken = maintainer["base"] / "broken"
+    sh(["git", "clone", "-q", url, str(broken)], maintainer["base"], env)
+    dead = {**s3_env, "S3_ENDPOINT": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    failed = sh(["bash", "-c", block("remote-move")], broken, dead, check=False)
+    assert failed.returncode != 0 and "in sync" not in failed.stdout + failed.stderr
+    assert sh(["dvc", "remote", "default"], broken, env).stdout.strip() == "local"
+
+    moved = sh(block("remote-move"), repo, s3_env)  # docs/s3-dask.md's procedure, as written
     assert "Cache and remote 'shared' are in sync." in moved.stdout + moved.stderr
     assert "failed to collect" not in moved.stdout + moved.stderr
     # A release after the move: four images more, their lesions in test, pushed to the new default.
@@ -89,7 +94,7 @@ def test_move_to_s3_and_older_tags_still_pull(maintainer, s3, ham_data, tmp_path
     other = {**CREDENTIALS, "HOME": str(tmp_path / "other-home"), "REPO": url, "S3_URL": s3["url"],
              "S3_ENDPOINT": s3["endpoint"]}
     (tmp_path / "other-home").mkdir()
-    sh(readme_block("old-tag-pull"), tmp_path, other)  # clone, check out v1.0, pull the test split, verify
+    sh(block("old-tag-pull"), tmp_path, other)  # clone, check out v1.0, pull the test split, verify
     clone = tmp_path / "ham10000"
     assert sh(["git", "describe", "--tags"], clone, other).stdout.strip() == "v1.0"
     assert verified(clone / "release" / "test") == maintainer["tests"]["v1.0"]
@@ -100,7 +105,7 @@ def test_move_to_s3_and_older_tags_still_pull(maintainer, s3, ham_data, tmp_path
     assert sh(["dvc", "pull", "-q", "release/test"], bare, other, check=False).returncode != 0
 
     # dvc get / dvc import of the older tag by git URL, pointed at the bucket; then dvc update to the newer tag.
-    sh(readme_block("get-old-tag"), tmp_path, other)
+    sh(block("get-old-tag"), tmp_path, other)
     assert verified(tmp_path / "test-v1.0") == maintainer["tests"]["v1.0"]
     override = ["--config", str(tmp_path / "shared.dvcconfig"), "--remote", "shared"]
     downstream = tmp_path / "downstream"
@@ -114,3 +119,29 @@ def test_move_to_s3_and_older_tags_still_pull(maintainer, s3, ham_data, tmp_path
     images = verified(downstream / "ham10000-test")
     assert images == len(read_csv(repo / "release" / "test" / "metadata.csv")) > maintainer["tests"]["v1.0"]
 
+
+
+def test_guides_get_import_and_diff_a_release(maintainer, tmp_path):
+    """The README's "get a release" block and the downstream guide's get, import and diff blocks, as written, with
+    REPO the maintainer's repository by git URL (its releases in the default folder remote)."""
+    env = {**maintainer["env"], "REPO": maintainer["url"]}
+    (tmp_path / "readme").mkdir()
+    result = sh(block("readme-get-release"), tmp_path / "readme", env)
+    assert verified(tmp_path / "readme" / "ham10000-test") == maintainer["tests"]["v1.1"]
+    assert f"test   {maintainer['tests']['v1.1']:>6}" in result.stdout  # ham summary of the split folder
+
+    work = tmp_path / "guide"
+    work.mkdir()
+    result = sh(block("downstream-get"), work, env)
+    assert verified(work / "ham10000-v1.1-test") == maintainer["tests"]["v1.1"]
+    assert (work / "ham10000-v1.1" / "train" / "manifest.csv").is_file()
+    assert f"release: {maintainer['tests']['v1.1']} images" in result.stdout
+
+    sh(block("downstream-import"), work, env)
+    project = work / "my-project"
+    assert verified(project / "ham10000-test") == maintainer["tests"]["v1.1"]  # updated from v1.0 to v1.1
+    assert "rev: v1.1" in (project / "ham10000-test.dvc").read_text()
+
+    result = sh(block("downstream-diff"), work, env)
+    added = len(maintainer["rows"]) - 30
+    assert f"added: {added}" in result.stdout and "lesions that moved split: none" in result.stdout, result.stdout
