@@ -50,7 +50,7 @@ from benchmarks.filter_material import (DSC_COLLECTIONS, crop_watermark, materia
                                         squash)
 from benchmarks.results import figure, record  # noqa: E402
 from pipeline.common import load_params, sha256_bytes  # noqa: E402
-from pipeline.filter_model import draft_side, frame_pixels, load_model, open_rgb, predict_batch  # noqa: E402
+from pipeline.filter_model import frame_pixels, load_model, open_rgb, pinned_cpu_numerics, predict_batch  # noqa: E402
 from pipeline.train_filter import train_filter  # noqa: E402
 
 FOLDS = len(DSC_COLLECTIONS)
@@ -276,9 +276,10 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         trained = list(pool.map(train_fold, jobs))
     rows = []
-    for fold in range(FOLDS):
-        held = [i for i in items if held_out_in(i, fold)]
-        rows += score_fold(args.out / f"fold{fold}" / "filter.pt", held, params)
+    with pinned_cpu_numerics():  # as `ham filter` scores on the CPU
+        for fold in range(FOLDS):
+            held = [i for i in items if held_out_in(i, fold)]
+            rows += score_fold(args.out / f"fold{fold}" / "filter.pt", held, params)
     with open(args.out / "held_out_decisions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
         writer.writeheader()

@@ -11,9 +11,11 @@ Who decides, in order:
 Candidates of a source with `role: training` (the filter's training material) are decided as above, then marked
 `decided_by` `training` and never kept nor queued: they teach the network and stay out of every release.
 
-Probabilities are written, and every decision made, at two decimals: a GPU's float32 results differ from the
-CPU's in the last bits only, so `decisions.csv` and `review_queue.csv` come out identical on both (a probability
-would have to lie within float round-off of a rounding boundary, x.xx5, to flip).
+On the CPU the network runs with the pinned arithmetic of training (`filter_model.pin_cpu_numerics`): the same
+probabilities, bit for bit, on any x86-64 machine with AVX2. Probabilities are written, and every decision made,
+at two decimals: a GPU's float32 results differ from the CPU's in the last bits only, so `decisions.csv` and
+`review_queue.csv` come out identical there too (a probability would have to lie within float round-off of a
+rounding boundary, x.xx5, to flip).
 
 Inference streams: a DataLoader whose worker processes decode images (JPEG draft mode) in parallel feeds batches
 to the device, so memory is bounded by batch_size x workers, not by the number of candidates. Predictions are
@@ -22,6 +24,7 @@ appended batch by batch, so a new batch of candidates is scored alone and a kill
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -36,7 +39,7 @@ from .codedeps import code_version
 from .executors import LOCAL, Compute, run_map
 from .integrity import check_objects
 from .filter_model import (exact_float32, load_model, load_pixels, model_from_bytes, model_hash, pick_device,
-                           predict_batch)
+                           pin_cpu_numerics, pinned_cpu_numerics, predict_batch)
 from .stores import LocalStore, open_store, open_url
 
 DECISION_COLUMNS = ("candidate_id", "image_type", "confidence", "p_dsc", "p_macro", "p_clinic", "decided_by",
@@ -95,6 +98,8 @@ def _score_batch(task: tuple, model_bytes: bytes) -> tuple[list[int], list[tuple
     if key not in _MODELS:
         device = pick_device(device_name)
         exact_float32(device)
+        if device.type == "cpu":  # a worker process scores only this way from now on
+            pin_cpu_numerics()
         _MODELS[key] = (model_from_bytes(model_bytes, device)[0], device)
     model, device = _MODELS[key]
     dataset = CandidateImages(urls, size, options)
@@ -159,9 +164,9 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
     model, meta = load_model(model_path, device)
     exact_float32(device)
     workers = int(params.get("workers", min(4, os.cpu_count() or 1)))
-    threads = torch.get_num_threads()
-    if device.type == "cpu":  # leave the cores the decoding workers use
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    numerics = contextlib.ExitStack()
+    if device.type == "cpu":  # the same probabilities on any x86-64 CPU; one compute thread beside the decoders
+        numerics.enter_context(pinned_cpu_numerics())
     store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
     if isinstance(store, LocalStore):
         paths = [Path(objects_dir) / row["object"] for row in todo]
@@ -203,7 +208,7 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
                 done += len(lines)
                 print(f"filter ({device.type}): {done}/{len(todo)} scored", flush=True)
     finally:
-        torch.set_num_threads(threads)
+        numerics.close()
     return cached
 
 

@@ -15,6 +15,7 @@ with TF32 off on every device, so a GPU's probabilities stay within float round-
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -264,6 +265,21 @@ def pin_cpu_numerics() -> None:
     if capability != "AVX2":
         raise PipelineError(f"the CPU's arithmetic could not be pinned to AVX2 (torch runs {capability}): this CPU "
                             f"lacks AVX2, or torch ran an operation before pin_cpu_numerics()")
+
+
+@contextlib.contextmanager
+def pinned_cpu_numerics():
+    """`pin_cpu_numerics` for the time of a `with` block: the thread count and the oneDNN and NNPACK switches are
+    given back afterwards (a test or a notebook that trains or scores goes on as before)."""
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    nnpack = torch.backends.nnpack.set_flags(False)[0]
+    pin_cpu_numerics()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.backends.nnpack.set_flags(nnpack)
 
 
 def exact_float32(device: torch.device) -> None:

@@ -25,6 +25,7 @@ image: candidate_id, actual, predicted; `dvc plots` draws it with the confusion 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .annotations import IMAGE_TYPES, read_annotations  # noqa: F401  (read_annotations kept for old imports)
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, write_csv
-from .filter_model import (ImageTypeNet, augment, load_pixels, open_rgb, pick_device, pin_cpu_numerics,
+from .filter_model import (ImageTypeNet, augment, load_pixels, open_rgb, pick_device, pinned_cpu_numerics,
                            save_model)
 
 CONFUSION_COLUMNS = ("candidate_id", "actual", "predicted")
@@ -137,12 +138,19 @@ def train_filter(annotated_dir: Path, params: dict, model_path: Path, metrics_pa
                             f"(`ham annotate`) before training")
     seed, size = int(params["seed"]), int(params["image_size"])
     device = pick_device(params.get("train_device", "cpu"))
-    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    if device.type == "cpu":
-        pin_cpu_numerics()  # the same bytes on any x86-64 CPU with AVX2
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(device.type == "cpu")
+    # On the CPU the same bytes on any x86-64 machine with AVX2 (filter_model.pin_cpu_numerics)
+    with pinned_cpu_numerics() if device.type == "cpu" else contextlib.nullcontext():
+        torch.use_deterministic_algorithms(device.type == "cpu")
+        try:
+            return _train(rows, index_csv, annotated_dir, params, device, seed, size, Path(model_path),
+                          Path(metrics_path), confusion_path)
+        finally:
+            torch.use_deterministic_algorithms(False)
 
+
+def _train(rows: list[dict], index_csv: Path, annotated_dir: Path, params: dict, device: torch.device, seed: int,
+           size: int, model_path: Path, metrics_path: Path, confusion_path: Path | None) -> dict:
+    torch.manual_seed(seed)
     holdout = [r for r in rows if in_holdout(group_of(r), seed, params["holdout_fraction"])]
     train = [r for r in rows if not in_holdout(group_of(r), seed, params["holdout_fraction"])]
     if not train:
@@ -192,9 +200,6 @@ def train_filter(annotated_dir: Path, params: dict, model_path: Path, metrics_pa
     logits = torch.cat(logits) if logits else torch.zeros((0, len(IMAGE_TYPES)))
     predicted = logits.argmax(1).tolist()
     temperature = fit_temperature(logits, torch.tensor(actual, dtype=torch.long))
-    torch.set_num_threads(threads)
-    torch.backends.mkldnn.enabled = mkldnn
-    torch.use_deterministic_algorithms(False)
 
     metrics = {
         "annotated": len(rows), "trained_on": len(train), "held_out": len(holdout),

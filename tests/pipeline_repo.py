@@ -38,6 +38,13 @@ def copy_repository(target: Path) -> Path:
     return target
 
 
+def clone_repository(target: Path) -> Path:
+    """A `git clone` of this repository's committed HEAD (what CI and a new user get), not the working tree: a
+    result that depends on an uncommitted file, or a committed file that is not reproduced, shows here."""
+    run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(target)], REPO_ROOT.parent)
+    return target
+
+
 def workflow_step(name: str) -> str:
     """The shell command of the step called `name` in the GitHub workflow (.github/workflows/ci.yml), so that a test
     runs exactly what CI runs."""

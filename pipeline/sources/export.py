@@ -40,7 +40,7 @@ COLUMN_KEYS = ("file", *ITEM_FIELDS)  # what `columns` may map
 @dataclass(frozen=True)
 class ExportOptions(SourceOptions):
     KIND = "export"
-    index: str | None = option("index.csv", text(nullable=True))
+    index: str | None = option("index.csv", lambda value: None if value is None else text()(value))
     sheet: str | None = option(None, text(nullable=True))
     columns: dict = option(check=mapping(COLUMN_KEYS), factory=dict)
     images: str = option(".", text())
