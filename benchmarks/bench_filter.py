@@ -144,7 +144,11 @@ def summarise(rows: list[dict], params: dict) -> dict:
     right = keep == truth
     review = confidence < params["review_below"]
     decided = ~review
-    return {"images": len(rows), "raw_accuracy": round(float(right.mean()), 4),
+    by_threshold = {str(t): {"sent_to_review": round(float((confidence < t).mean()), 4),
+                             "error_rate_without_review": round(float((~right & (confidence >= t)).sum() /
+                                                                      max(1, (confidence >= t).sum())), 4)}
+                    for t in (0.6, 0.7, 0.8, 0.9, 0.95, 0.98)}
+    return {"images": len(rows), "raw_accuracy": round(float(right.mean()), 4), "by_threshold": by_threshold,
             "sent_to_review": round(float(review.mean()), 4),
             "errors_without_review": int((~right & decided).sum()), "decided_without_review": int(decided.sum()),
             "error_rate_without_review": round(float((~right & decided).sum() / max(1, decided.sum())), 4)}

@@ -153,6 +153,32 @@ def test_import_labels_command(tmp_path, drawn_images):
     assert run.returncode == 2 and "--type is needed" in run.stderr
 
 
+def test_the_filter_guide_s_import_block_runs_as_written(tmp_path, drawn_images):
+    """docs/filter.md's `ham import-labels` block, in a project-shaped folder: two folders and an ISIC-style
+    manifest, every image labelled in the annotations file params.yaml names."""
+    from tests.doc_blocks import block
+    from tests.release_repo import sh
+
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
+    material = tmp_path / "data/raw/filter_training"
+    dsc, clinic = list(drawn_images["dsc"][10:14]), list(drawn_images["clinic"][10:13])
+    for index, path in enumerate(dsc[:3]):
+        (material / "dermatoscopic" / f"collection{index % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, material / "dermatoscopic" / f"collection{index % 2}" / path.name)
+    (material / "clinical").mkdir(parents=True)
+    for path in clinic:
+        shutil.copyfile(path, material / "clinical" / path.name)
+    (material / "isic").mkdir()
+    shutil.copyfile(dsc[3], material / "isic" / dsc[3].name)
+    (material / "isic_export.csv").write_text(f"file,image_type\nisic/{dsc[3].name},dermoscopic\n")
+    sh(block("filter-import-labels"), tmp_path)
+    annotations = tmp_path / yaml.safe_load((REPO / "params.yaml").read_text())["filter"]["annotations"]
+    labels = read_annotations(annotations)
+    assert {labels[sha256_bytes(p.read_bytes())] for p in dsc} == {"dsc"}
+    assert {labels[sha256_bytes(p.read_bytes())] for p in clinic} == {"clinic"}
+    assert len(labels) == 7
+
+
 def test_a_training_source_teaches_the_filter_and_is_never_released(tmp_path, drawn_images):
     from pipeline.annotations import collect_annotated
     from pipeline.filter import decide

@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-MARKER = re.compile(r"^<!--\s*bench:\s*(.*?)\s*-->\s*$", re.M)
+MARKER = re.compile(r"^<!--[ \t]*bench:[ \t]*(.*?)[ \t]*-->[ \t]*$", re.M)  # not across lines: the blank line after stays
 
 
 def _results_module(root: Path):
