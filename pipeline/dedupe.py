@@ -1,48 +1,26 @@
 """Near-duplicates across all sources, found on the standardised images (part of stage `standardise`).
 
-Every standardised image gets perceptual hashes: the phash of `imagehash` (256 bits, hash_size 16: the image
-resampled to 64x64 grey, its 2-D DCT, the lowest 16x16 coefficients against their median) of 29 views: the
-whole image; windows at zooms 1.03 to 1.075 (1.5 % steps) at the centre and anchored at each edge; and centred
-windows at zooms 1.09 to 1.195. A copy cropped on every side is a centred window of the original, one cropped on
-one side (after standardise's cover resize and centre crop) a window anchored at the opposite edge, so one of the
-views lines up with the copy's whole image. The distance of two images is the smallest Hamming distance between
-one's whole view and any view of the other. Images at most `dedupe.max_distance` apart (and images with identical
-standardised bytes) are joined into groups (transitively); pairs further apart but within
-`dedupe.review_distance` go to a review list for a person to look at. The phash is computed here, for all the
-views at once (`image_hashes`: each window resampled straight from a quarter-scale JPEG decode through a
-fractional box, one DCT product for the 29 views), rather than by calling `imagehash.phash` per cropped view: with
-29 views a image the per-call crop, resample and DCT were the stage's largest cost. Side by side on the 490 real
-images (`python -m benchmarks.bench_dedupe`, same load): 17.4 s with imagehash per view at half-scale decoding,
-8.6 s this way.
+Hashes: every standardised image gets the 256-bit phash of `imagehash` (hash_size 16: 64x64 grey, 2-D DCT, the
+lowest 16x16 coefficients against their median) of 29 views: the whole image; windows at zooms 1.03 to 1.075
+(1.5 % steps) at the centre and anchored at each edge; centred windows at zooms 1.09 to 1.195. A copy cropped on
+every side is a centred window of the original, one cropped on one side a window anchored at the opposite edge,
+so one view lines up with the copy's whole image. `image_hashes` computes all views of an image in one pass
+(windows resampled from a quarter-scale JPEG decode, one DCT product); the bits equal imagehash's per view.
 
-Measured on the 490 real HAM10000 images of ../shared/data (`python -m benchmarks.bench_dedupe`), copies of every
-5th (98) run through standardise_image, at max_distance 10: re-encoded (JPEG quality 50/75, PNG) and resized
-(400x300, 1600x1200) copies 100 % caught; cropped 2 % and 5 % on every side 100 %; cropped on one side only
-(each of the four sides) by 3 % 98 to 100 %, by 5 % 85 to 92 %, by 2 % 27 to 37 % (distances 12 to 22: all in the
-review list). The 2 % one-sided crop is the limit of the hash: it needs a view at zoom 1.02, and at zoom 1.015
-consecutive shots of one lesion come within 6 to 10 bits of each other (three pairs would be joined), as close as
-the crop; no view below 1.03 is hashed. Different photographs of one lesion start at 14 (six pairs in 14..26,
-all in the review list): no two real images are joined. A pixel check after alignment was tried earlier for the
-band and dropped: a 2 % crop and a second shot of the lesion overlapped (29 to 41 dB against 23 to 39 dB PSNR).
+Distance: the smallest Hamming distance between one image's whole view and any view of the other. Images at most
+`dedupe.max_distance` apart, and images with identical standardised bytes, are joined into groups (transitively);
+pairs further apart but within `dedupe.review_distance` go to `duplicate_review.csv` for a person. No view below
+zoom 1.03 is hashed: at 1.015 consecutive shots of one lesion come as close as a 2 % crop. Pairs are found by
+multi-index hashing over 16-bit chunks (`near_pairs`), exactly the pairs comparing every pair would give.
 
-Pairs are found without comparing every pair: multi-index hashing over 16-bit chunks (`near_pairs`), exact (the
-bench checks it against comparing every pair). On the 490 real images' hashes repeated with a quarter of their
-bits flipped (as many images, same structure) it took 0.6 s for 1960 images and 5.6 s for 9800, where comparing
-every pair took 6.6 s for 1960 (about 165 s for 9800): the candidates still grow with the square, at about a
-thirtieth of the cost, because every bucket fills as images are added; the 1-bit variants needed to stay exact
-up to review_distance 30 multiply the lookups by 17.
+Outcome: each group keeps the image with the most source pixels (the least reduced copy), then the smallest
+candidate ID; the others get `duplicate_of` and `duplicate_reason` in the standardised index, so the metadata
+stage excludes them with that reason and a group's members can never land in different splits. `duplicates.csv`
+lists every member of every group with its provenance and distance to the kept image.
 
-Each group keeps one image: the one with the most source pixels (the least reduced copy), then the smallest
-candidate ID. The others get `duplicate_of` (the kept candidate) and `duplicate_reason` in the standardised
-index, so the metadata stage excludes them with that reason: they never reach a split, so a group's members
-cannot end up in different splits. `duplicates.csv` records every member of every group with its provenance and
-its distance to the kept image; `duplicate_review.csv` the borderline pairs. The hashes are cached by the
-standardised image's sha256 (`phash_cache.json` beside the index), so a re-run hashes only new images (a change
-of the views or of this code re-hashes every image once). The same file keeps the pairs found and the images
-searched: a re-run keeps the pairs among images searched before and looks up only the new images (their views
-against every image, every image against theirs). On the 11477 standardised images of the 10k bench fixture the
-full search took 6.3 s, the 116 newest against all 0.85 s (compared directly; through the index, filing every
-image's views costs more than that).
+Cache: hashes by the standardised image's sha256, with the pairs found and the images searched, in
+`phash_cache.json` beside the index; a re-run hashes and searches only new images (a change of this code re-hashes
+every image once). Recall and timings: `python -m benchmarks.bench_dedupe` (figures in bench/results.json).
 """
 from __future__ import annotations
 

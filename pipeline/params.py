@@ -95,8 +95,8 @@ def _schema_problems(data, root, file: str) -> list[Problem]:
 
 def _schema_problems_once(text: str, data, root, file: str) -> list[Problem]:
     """`_schema_problems`, skipped for a params text this machine already found valid against this schema with
-    this jsonschema: every stage checks params.yaml first, and importing jsonschema alone took 0.14 s a stage
-    (about 1 s of a `dvc repro` after a 1 % change). What passed is noted by digest in the user's cache folder
+    this jsonschema: every stage checks params.yaml first, and the check's cost (importing jsonschema and
+    validating) would otherwise be paid by each of the stages a `dvc repro` runs. What passed is noted by digest in the user's cache folder
     (``$XDG_CACHE_HOME/ham10000-repo/valid-params/``); only passes are noted, so every problem is still found
     and worded as before. A cache that cannot be read or written only means the check runs. Only the schema's
     verdict is noted, and its key holds all it depends on (the params text, the schema's bytes, with every

@@ -9,22 +9,21 @@
     release/ATTRIBUTION.md                  licence and citation
     release/CARD.md, release/card/*.png     the data card: counts per class, dx_type, dataset and split; plots
     release/release.json                    version (params `release.version`), code version, params hash per
-                                            section, sha256 of the stage's inputs, counts
+                                            section, sha256 of the stage's inputs, counts, the image-type
+                                            filter's model (`filter_model`: sha256, material, held-out figures)
     release/manifest.csv                    every other file: sha256, size, split, image and lesion ID, label
 and a summary (counts per split and class) written beside it as a DVC metrics file.
 
-The folder is updated in place, never removed and rebuilt: an image already there with the right content is kept,
-a new or changed one is hard-linked from the standardised store (`linking.place`, a copy across devices) and
-checked against the sha256 the metadata stage recorded, and every file no longer in the release (and every
-folder left empty) is removed at the end, so the folder holds exactly what a clean build writes, byte for byte.
-Whether a present image is still right is known without reading it from a record kept beside the folder
-(`.<name>.state.json`, see `update_images`): its inode, size and mtime when it was last placed and checked. A
-rebuild after 1 % of the images changed links about 1 % of them; the small files (metadata, manifests, card,
-release.json) are written every time. The stage prints what it did (kept, linked, copied, removed).
-Under `dvc repro` the release folder is an ordinary output (dvc.yaml): DVC deletes it before the stage runs, and
-an image whose store file still has the inode, size and mtime recorded when it was last linked and checked is
-linked again without being read. (A persistent output would be updated in place, but DVC "unprotects" one
-first, turning each linked file into a private copy: see docs/internals.md, "Release linking".)
+Updating: run by hand (`ham release`), the folder is updated in place: an image already there with the right
+content is kept, a new or changed one is hard-linked from the standardised store (`linking.place`, a copy across
+devices) and checked against the sha256 the metadata stage recorded, and every file or folder no longer in the
+release is removed at the end, so the folder holds exactly what a clean build writes, byte for byte. A record
+beside the folder (`.<name>.state.json`, see `update_images`) keeps each image's inode, size and mtime when it
+was last placed and checked, so a present image is known right without reading it. Under `dvc repro` the release
+is an ordinary output, which DVC deletes before the stage runs: an image whose store file still has the recorded
+inode, size and mtime is then linked again without being read. (As a persistent output DVC would "unprotect" it
+first, turning each linked file into a private copy: see docs/internals.md, "Release linking".) The small files
+(metadata, manifests, card, release.json) are written every time; the stage prints what it did.
 
 Every manifest has the columns of schemas/manifest-row.schema.json; `ham verify` checks a release or one split
 against them. Same inputs -> same bytes: release.json carries no timestamp and no git revision, because the commit
