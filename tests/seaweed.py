@@ -96,8 +96,8 @@ class Seaweed:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
+            try:  # weed ignores SIGTERM: waiting 10 s for it cost every server-using test module 10 s
+                self.process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
