@@ -250,7 +250,8 @@ USES_AND_LIMITATIONS = [
     "(nevi are most images); ground truth differs by image (`dx_type`: histopathology, follow-up, consensus, "
     "confocal), and follow-up and consensus labels are less certain than histopathology; several images of one "
     "lesion are common; age is given in steps of five and is missing for some images. The images were chosen "
-    "by people, their sources and an image-type network (see its section); an image the network wrongly took for a clinical photograph is not here.", ""]
+    "by people, their sources and an image-type network (see its section); an image the network wrongly "
+    "took for a clinical photograph is not here.", ""]
 
 
 def loading_section(splits: list[str]) -> list[str]:

@@ -42,8 +42,8 @@ def test_card_header_sections_and_plots(drawn_images):
     header = yaml.safe_load(text.split("---\n")[1])
     assert header["license"] == "cc-by-nc-4.0" and header["task_categories"] == ["image-classification"]
     assert [c["split"] for c in header["configs"][0]["data_files"]] == ["train", "test"]
-    for section in ("## Uses and limitations", "## Loading", "load_dataset(\"imagefolder\"", "## Age, sex and body site",
-                    "card/age_sex.png", "card/localization.png"):
+    for section in ("## Uses and limitations", "## Loading", "load_dataset(\"imagefolder\"",
+                    "## Age, sex and body site", "card/age_sex.png", "card/localization.png"):
         assert section in text
     assert draw_card(paths, by_split, params, summary) == files  # same release, same bytes
 
