@@ -103,6 +103,11 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path, sample_raw):
     rows = check_release(repo)
     assert set(rows) == {"train", "test"}
     assert sum(len(r) for r in rows.values()) > 60
+    # the release names the model that chose its images, and the material it learnt from
+    named = json.loads((repo / "release/release.json").read_text())["filter_model"]
+    assert named["model_sha256"] == hashlib.sha256((repo / "models/filter.pt").read_bytes()).hexdigest()
+    assert set(named["material"]) == {"rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias"}
+    assert named["model_sha256"][:12] in (repo / "release/CARD.md").read_text()
     check_release_validation(repo, tmp_path / "damaged")
     candidates = read_rows(repo / "data/interim/ingest/candidates.csv")
     rejects = read_rows(repo / "data/interim/ingest/rejects.csv")
