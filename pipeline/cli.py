@@ -239,9 +239,10 @@ def standardise(params_path, candidates, decisions, objects, out):
     params = section(params_path, "standardise")
     compute = compute_of(params_path)
     counts = run(candidates, decisions, objects, params, out / "images", out / "index.csv", compute)
-    near = dedupe(out / "index.csv", compute.store("standardised", out / "images"), candidates, params.get("dedupe"),
-                  out / "duplicates.csv",
-                  out / "duplicate_review.csv", params.get("workers"), out / "phash_cache.json", compute)
+    near = dedupe(out / "index.csv", compute.store("standardised", out / "images"), candidates,
+                  params=params.get("dedupe"), duplicates_csv=out / "duplicates.csv",
+                  review_csv=out / "duplicate_review.csv", workers=params.get("workers"),
+                  cache_json=out / "phash_cache.json", compute=compute)
     click.echo(f"standardise: {counts['kept']} images ({counts['processed']} processed, {counts['reused']} reused, "
                f"{counts['duplicates']} identical duplicates, {near['near_duplicates']} near-duplicates in "
                f"{near['groups']} groups, {near['review_pairs']} pairs to review) -> {out}")

@@ -280,13 +280,18 @@ def _load_pairs(path: Path | None, version: str, limit: int) -> tuple[set[str], 
         return None
 
 
-def dedupe(index_csv: Path, images_dir: Path, candidates_csv: Path, params: dict, duplicates_csv: Path,
-           review_csv: Path, workers: int | None = None, cache_json: Path | None = None,
+def dedupe(index_csv: Path, images_dir: Path | str, candidates_csv: Path, *, params: dict | None,
+           duplicates_csv: Path, review_csv: Path, workers: int | None = None, cache_json: Path | None = None,
            compute: Compute | None = None) -> dict:
     """Group near-duplicates; rewrite the index's duplicate columns; write the ledger and the review list.
 
-    `cache_json` (not a DVC output, like ingest's read cache) keeps each image's hashes under the sha256 of its
-    standardised bytes, so a re-run hashes only images it has not hashed with the same code."""
+    Reads `index_csv` (standardise's index), the images it lists in `images_dir` (a folder or an s3:// store) and
+    `candidates_csv` (provenance, source pixels). `params`: params `standardise.dedupe` (DEFAULTS where missing).
+    Writes `duplicates_csv` (every member of every group) and `review_csv` (the pairs for a person), and rewrites
+    `index_csv`'s duplicate columns. `workers` sizes the local pool, `compute` (params `compute`) picks the
+    executor. `cache_json` (not a DVC output, like ingest's read cache) keeps each image's hashes under the sha256
+    of its standardised bytes, so a re-run hashes only images it has not hashed with the same code.
+    Returns counts: groups, hashed, duplicates, near_duplicates, review_pairs."""
     params = {**DEFAULTS, **(params or {})}
     max_distance, review_distance = params["max_distance"], params["review_distance"]
     if review_distance < max_distance:

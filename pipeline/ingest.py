@@ -40,6 +40,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -50,7 +51,7 @@ from .imaging import to_rgb
 from .executors import LOCAL, Compute, run_map
 from .parallel import resolve_workers
 from .integrity import OBJECT_INDEX, CheckedFiles, matches
-from .sources import ITEM_FIELDS, Reject, Unit
+from .sources import ITEM_FIELDS, RawItem, Reject, Unit
 from .stores import LocalStore, open_store
 
 CANDIDATE_COLUMNS = ("candidate_id", "source", "kind", "origin", "member", "object", "width", "height", "format",
@@ -284,132 +285,54 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
     (params `compute`): an s3:// store for the objects; `objects/index.csv` stays in `out_dir` either way."""
     limits = max_pixels if isinstance(max_pixels, Limits) else Limits(max_pixels=max_pixels)
     sources.new_run()
-    out_dir = Path(out_dir)
-    objects_dir = out_dir / "objects"
-    objects_dir.mkdir(parents=True, exist_ok=True)
-    checked_with = f"{code_version(__name__)}-{stable_hash(limits.__dict__)[:12]}"
-    store = open_store((compute or LOCAL).store("objects", objects_dir), (compute or LOCAL).options)
-    verified = CheckedFiles(objects_dir, out_dir / CHECKED_OBJECTS) if isinstance(store, LocalStore) else None
-    cache = _load_object_index(objects_dir, checked_with, store, verified)
-    reads = ReadCache(out_dir / READ_CACHE, checked_with)
-
-    candidates: dict[str, dict] = {}
-    rejects: list[dict] = []
-    provenance: list[dict] = []
-    counts = {"decoded": 0, "units_read": 0, "units_cached": 0}
-
-    def reject(name: str, origin: str, member: str, reason: str) -> dict:
-        rejects.append({"source": name, "origin": origin, "member": member, "reason": reason})
-        return {"origin": origin, "member": member, "reason": reason}
-
-    declared: dict[str, dict] = {}  # source name -> fields its params set on every candidate (not cached)
-    seen_rows: dict[str, list[dict]] = {}  # candidate_id -> every row that gave those bytes, to find conflicts
-
-    def take(name: str, kind: str, candidate_id: str, origin: str, member: str, fields: dict,
-             data: bytes | None) -> dict:
-        """One image (bytes given, or known from the caches) -> candidate, duplicate or reject; its cache entry."""
-        entry = {"sha256": candidate_id, "origin": origin, "member": member, "fields": fields}
-        place = {"candidate_id": candidate_id, "source": name, "origin": origin, "member": member}
-        if candidate_id in candidates:
-            seen_rows[candidate_id].append({**place, "fields": fields})
-            first = candidates[candidate_id]
-            provenance.append(place)
-            reject(name, origin, member, f"duplicate of candidate {candidate_id[:12]} "
-                                         f"(kept from {first['source']}:{first['origin']} {first['member']})".strip())
-            rejects[-1]["_duplicate_of"] = candidate_id
-            return entry
-        info = cache.get(candidate_id)
-        if info is None:
-            outcome = vetted.get(candidate_id)  # vetted on the cluster ahead: a CheckedImage or the reason
-            if isinstance(outcome, str):
-                return reject(name, origin, member, outcome)
-            try:
-                checked = outcome or check_image(data, limits)
-            except BadImage as error:
-                return reject(name, origin, member, str(error))
-            counts["decoded"] += 1
-            object_name = candidate_id + checked.extension
-            store.write_bytes(object_name, checked.stored)
-            info = {"candidate_id": candidate_id, "object": object_name, "sha256": sha256_bytes(checked.stored),
-                    "width": checked.width,
-                    "height": checked.height, "format": checked.format, "checked_with": checked_with}
-            cache[candidate_id] = info
-            if verified is not None:
-                verified.record(object_name, info["sha256"])
-        provenance.append(place)
-        seen_rows[candidate_id] = [{**place, "fields": fields}]
-        fields = {**fields, **{key: value for key, value in declared[name].items()
-                               if key == "image_type_hint" or not fields.get(key)}}
-        candidates[candidate_id] = {
-            **place, "kind": kind, "object": info["object"], "width": info["width"],
-            "height": info["height"], "format": info["format"],
-            **{name_: fields.get(name_, "") for name_ in ITEM_FIELDS}, "extra": _extra(fields)}
-        return entry
-
-    def handle(name: str, kind: str, element) -> dict:
-        if isinstance(element, Reject):
-            return reject(name, element.origin, element.member, element.reason)
-        # Fields as strings, so a field read now and one replayed from the JSON cache are written identically.
-        fields = {key: "" if value is None else str(value) for key, value in element.fields.items()}
-        return take(name, kind, sha256_bytes(element.data), element.origin, element.member, fields, element.data)
-
-    compute = compute or LOCAL
-    cluster = compute.executor != "local"
-    # Vetting decodes every new image, the bulk of ingest's work: on more than one core a pool of processes (kept
-    # for the whole run) vets each group of images ahead while this process reads, hashes and files them in order.
-    pool_size = 1 if cluster else resolve_workers(compute.workers)
-    pool: ProcessPoolExecutor | None = None  # started at the first new image: a re-run with nothing new needs none
-    vetting = cluster or pool_size > 1
-    vetted: dict[str, CheckedImage | str] = {}
-
-    def vet_ahead(items: list) -> None:
-        """The images of `items` not known yet (not in the object store, not a candidate already), vetted on the
-        pool or the cluster in one map; their outcomes in `vetted` for `take`."""
-        todo = {}
-        for item in items:
-            candidate_id = sha256_bytes(item.data)
-            if candidate_id not in cache and candidate_id not in candidates:
-                todo.setdefault(candidate_id, item.data)
-        nonlocal pool
-        tasks = [(data, limits) for data in todo.values()]
-        if not tasks:
-            return
-        if not cluster and pool is None:
-            pool = ProcessPoolExecutor(pool_size)
-        outcomes = (pool.map(_vet, tasks, chunksize=max(1, len(tasks) // (4 * pool_size))) if not cluster
-                    else run_map(_vet, tasks, compute, "vet"))
-        for (candidate_id, data), outcome in zip(todo.items(), outcomes):
-            vetted[candidate_id] = (replace(outcome, stored=data)
-                                    if isinstance(outcome, CheckedImage) and outcome.stored is None else outcome)
-
-    def replayable(entries: list | None) -> bool:
-        # Every image the unit gave must still be in the object store; else read the unit again.
-        return entries is not None and all("reason" in e or e["sha256"] in cache for e in entries)
-
+    run = IngestRun(Path(out_dir), limits, compute or LOCAL)
     names = [config.get("name") for config in source_configs]
-    def read_source(position: int, config: dict) -> None:
+    try:
+        for position, config in enumerate(source_configs):
+            run.read_source(ConfiguredSource.of(position, config, names, Path(base_dir)))
+    finally:
+        run.stop_pool()
+    run.exclude_conflicts()
+    return run.write()
+
+
+@dataclass(frozen=True)
+class ConfiguredSource:
+    """One entry of params `ingest.sources`, checked, with its reader and what its cache keys are made of."""
+
+    name: str
+    kind: str
+    root: Path  # the source folder, resolved
+    read: sources.Reader
+    options: sources.SourceOptions
+    reader_version: str  # code_version of the reader's module: part of every read-cache key of the source
+    declared: dict  # fields set on each of its candidates: image_type_hint, dataset, role (never cached)
+    key: str  # the whole source's read-cache key: changes with any file under its folder
+
+    @classmethod
+    def of(cls, position: int, config: dict, names: list, base_dir: Path) -> "ConfiguredSource":
+        """Check the entry (a bad one raises PipelineError naming it) and the folder it names."""
         name, kind, path = config.get("name"), config.get("kind"), config.get("path")
+        where = f"params.yaml: ingest.sources[{position}]"
         if not name or not kind or not path:
-            raise PipelineError(f"params.yaml: ingest.sources[{position}] needs name, kind and path")
+            raise PipelineError(f"{where} needs name, kind and path")
         if names.count(name) > 1:
             raise PipelineError(f"params.yaml: ingest.sources: source name '{name}' is used twice")
         try:
             read = sources.reader_for(kind)
         except KeyError:
-            raise PipelineError(f"params.yaml: ingest.sources[{position}] ({name}): unknown kind '{kind}'; "
+            raise PipelineError(f"{where} ({name}): unknown kind '{kind}'; "
                                 f"known: {', '.join(sources.known_kinds())}") from None
         options = sources.options_for(kind).from_options(name, config.get("options"))
-        # Set on each of the source's candidates, not on what the read cache keeps: a change needs no re-read.
-        # The source's image_type overrides the reader's hint; its dataset fills in where no image records one.
         role = config.get("role", "release")
         if role not in SOURCE_ROLES:
-            raise PipelineError(f"params.yaml: ingest.sources[{position}] ({name}): role {role!r} is not one of "
-                                f"{', '.join(SOURCE_ROLES)}")
-        declared[name] = {key: value for key, value in (("image_type_hint", options.image_type),
-                                                        ("dataset", config.get("dataset")),
-                                                        ("role", "training" if role == "training" else None))
-                          if value}
-        root = (Path(base_dir) / path).resolve()
+            raise PipelineError(f"{where} ({name}): role {role!r} is not one of {', '.join(SOURCE_ROLES)}")
+        # The source's image_type overrides the reader's hint; its dataset fills in where no image records one.
+        declared = {key: value for key, value in (("image_type_hint", options.image_type),
+                                                  ("dataset", config.get("dataset")),
+                                                  ("role", "training" if role == "training" else None))
+                    if value}
+        root = (base_dir / path).resolve()
         if not root.is_dir():
             raise PipelineError(f"source {name}: folder {path} " + ("is not a folder" if root.exists() else
                                                                      "does not exist"))
@@ -417,113 +340,259 @@ def ingest(source_configs: list[dict], base_dir: Path, out_dir: Path, max_pixels
         unreadable: list = []
         stamp = sources.tree_stamp(root, unreadable)
         if unreadable:  # its files could be neither read nor listed in the ledger: refused whole, before any work
-            where, reason = unreadable[0]
+            first, reason = unreadable[0]
             more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
-            raise PipelineError(f"source {name}: {PurePosixPath(path) / where} cannot be read ({reason}){more}; "
+            raise PipelineError(f"source {name}: {PurePosixPath(path) / first} cannot be read ({reason}){more}; "
                                 f"make it readable (chmod -R u+rX) or move it out of the source")
-        source_key = stable_hash(["source", kind, reader_version, str(root), config.get("options"), stamp])
-        memo = reads.old_sources.get(source_key)
-        if isinstance(memo, list) and all(replayable(reads.old.get(step["unit"])) if "unit" in step
-                                          else replayable([step]) for step in memo):
+        key = stable_hash(["source", kind, reader_version, str(root), config.get("options"), stamp])
+        return cls(name, kind, root, read, options, reader_version, declared, key)
+
+    def unit_key(self, unit: Unit) -> str:
+        return stable_hash([self.kind, self.reader_version, unit.stamp])
+
+
+class Prepared(NamedTuple):
+    """One element of a reader, ready to be taken in order."""
+
+    element: RawItem | Reject | Unit
+    link_reason: str | None  # why it is rejected for a link out of its source; None when it stays inside
+    read_ahead: list | None  # a unit's items and rejects where it was read ahead of vetting; None: not read yet
+
+
+class IngestRun:
+    """The state of one `ingest()`: the tables being built, the caches it reuses and refreshes, and the pool (or
+    cluster) that vets new images ahead of taking them. Sources are read one after another (`read_source`), then
+    conflicting images are excluded (`exclude_conflicts`) and everything is written (`write`)."""
+
+    def __init__(self, out_dir: Path, limits: Limits, compute: Compute):
+        self.out_dir, self.limits, self.compute = out_dir, limits, compute
+        self.objects_dir = out_dir / "objects"
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self.checked_with = f"{code_version(__name__)}-{stable_hash(limits.__dict__)[:12]}"
+        self.store = open_store(compute.store("objects", self.objects_dir), compute.options)
+        self.verified = (CheckedFiles(self.objects_dir, out_dir / CHECKED_OBJECTS)
+                         if isinstance(self.store, LocalStore) else None)
+        # candidate_id -> its row of objects/index.csv, for every intact object (grows as objects are written)
+        self.objects = _load_object_index(self.objects_dir, self.checked_with, self.store, self.verified)
+        self.read_cache = ReadCache(out_dir / READ_CACHE, self.checked_with)
+
+        self.candidates: dict[str, dict] = {}
+        self.rejects: list[dict] = []
+        self.provenance: list[dict] = []
+        self.rows_of: dict[str, list[dict]] = {}  # candidate_id -> every row that gave those bytes (conflicts)
+        self.duplicates_of: dict[str, list[dict]] = {}  # candidate_id -> the ledger rows of its duplicates
+        self.decoded = self.units_read = self.units_cached = 0
+
+        # Vetting decodes every new image, the bulk of ingest's work: on more than one core a pool of processes
+        # (kept for the whole run) vets each batch of images ahead while this process reads, hashes and files
+        # them in order.
+        self.cluster = compute.executor != "local"
+        self.pool_size = 1 if self.cluster else resolve_workers(compute.workers)
+        self.vetting = self.cluster or self.pool_size > 1
+        self.batch_size = AHEAD if self.cluster else LOCAL_AHEAD if self.vetting else 1
+        self.pool: ProcessPoolExecutor | None = None  # started at the first new image: a no-op re-run needs none
+        self.vetted: dict[str, CheckedImage | str] = {}  # candidate_id -> outcome, for the batch being taken
+
+    # --- one source ---------------------------------------------------------------------------------------------
+
+    def read_source(self, source: ConfiguredSource) -> None:
+        """Every element of the source, in its reader's order: replayed from the read cache where the whole
+        folder is unchanged, else read (each raw file it can, still taken from the cache)."""
+        memo = self.read_cache.old_sources.get(source.key)
+        if isinstance(memo, list) and all(self._replayable(self.read_cache.old.get(step["unit"])) if "unit" in step
+                                          else self._replayable([step]) for step in memo):
             for step in memo:
                 if "unit" in step:
-                    reads.new[step["unit"]] = reads.old[step["unit"]]
-                    counts["units_cached"] += 1
-                for entry in reads.old[step["unit"]] if "unit" in step else [step]:
-                    if "reason" in entry:
-                        reject(name, entry["origin"], entry["member"], entry["reason"])
-                    else:
-                        take(name, kind, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
-            reads.new_sources[source_key] = memo
-            return
-        outcome: list[dict] = []  # the source's memo: in the reader's order, each entry or {"unit": unit key}
+                    self.read_cache.new[step["unit"]] = self.read_cache.old[step["unit"]]
+                    self.units_cached += 1
+                self._replay(source, self.read_cache.old[step["unit"]] if "unit" in step else [step])
+        else:
+            memo = self._read(source)
+        self.read_cache.new_sources[source.key] = memo
 
-        def apply(element, outside: str | None, results: list | None) -> None:
-            """One element of the reader, in order; `results`: a unit's items when read ahead (None: not read)."""
-            if outside:
-                outcome.append(reject(name, element.origin, getattr(element, "member", ""), outside))
-                return
-            if not isinstance(element, Unit):
-                outcome.append(handle(name, kind, element))
-                return
-            key = stable_hash([kind, reader_version, element.stamp])
-            entries = reads.old.get(key)
-            if results is None and replayable(entries):
-                counts["units_cached"] += 1
-                for entry in entries:
-                    if "reason" in entry:
-                        reject(name, entry["origin"], entry["member"], entry["reason"])
-                    else:
-                        take(name, kind, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
+    def _read(self, source: ConfiguredSource) -> list[dict]:
+        """Run the source's reader; returns the source's memo: in the reader's order, each element's read-cache
+        entry or {"unit": unit key}.
+
+        Without a pool each element is taken as it comes. With one (or a cluster), up to LOCAL_AHEAD (AHEAD)
+        elements are prepared first: a unit the read cache cannot replay is read as it arrives, while the reader
+        still holds its archive or deck open; then the new images among them are vetted in one map, and all are
+        taken in order."""
+        memo: list[dict] = []
+        batch: list[Prepared] = []
+        for element in progress(source.read(source.root, source.options), f"ingest {source.name}"):
+            batch.append(self._prepare(source, element))
+            if len(batch) >= self.batch_size:
+                self._take_batch(source, batch, memo)
+                batch = []
+        self._take_batch(source, batch, memo)
+        return memo
+
+    def _prepare(self, source: ConfiguredSource, element) -> Prepared:
+        link_reason = None if isinstance(element, Reject) else sources.link_outside(source.root, element.origin)
+        read_now = (self.vetting and not link_reason and isinstance(element, Unit)
+                    and not self._replayable(self.read_cache.old.get(source.unit_key(element))))
+        return Prepared(element, link_reason, list(element.read()) if read_now else None)
+
+    def _take_batch(self, source: ConfiguredSource, batch: list[Prepared], memo: list[dict]) -> None:
+        if self.vetting:
+            self._vet([item for prepared in batch if not prepared.link_reason
+                       for item in (prepared.read_ahead if prepared.read_ahead is not None else [prepared.element])
+                       if not isinstance(item, (Reject, Unit))])
+        for prepared in batch:
+            memo.append(self._take_element(source, prepared))
+        self.vetted.clear()
+
+    def _take_element(self, source: ConfiguredSource, prepared: Prepared) -> dict:
+        """One element of the reader; returns its step of the source's memo."""
+        element = prepared.element
+        if prepared.link_reason:
+            return self._reject(source.name, element.origin, getattr(element, "member", ""), prepared.link_reason)
+        if not isinstance(element, Unit):
+            return self._take_read(source, element)
+        key = source.unit_key(element)
+        entries = self.read_cache.old.get(key)
+        if prepared.read_ahead is None and self._replayable(entries):
+            self.units_cached += 1
+            self._replay(source, entries)
+        else:
+            self.units_read += 1
+            read = element.read() if prepared.read_ahead is None else prepared.read_ahead
+            entries = [self._take_read(source, item) for item in read]
+        self.read_cache.new[key] = entries
+        return {"unit": key}
+
+    def _replayable(self, entries: list | None) -> bool:
+        # Every image the unit gave must still be in the object store; else read the unit again.
+        return entries is not None and all("reason" in e or e["sha256"] in self.objects for e in entries)
+
+    def _replay(self, source: ConfiguredSource, entries: list[dict]) -> None:
+        for entry in entries:
+            if "reason" in entry:
+                self._reject(source.name, entry["origin"], entry["member"], entry["reason"])
             else:
-                counts["units_read"] += 1
-                entries = [handle(name, kind, result) for result in (element.read() if results is None else results)]
-            reads.new[key] = entries
-            outcome.append({"unit": key})
+                self._take_image(source, entry["sha256"], entry["origin"], entry["member"], entry["fields"], None)
 
-        # Locally each element is taken as it comes. On a cluster, AHEAD elements are read first (the units the
-        # read cache cannot replay), their new images vetted in one map on the workers, then taken in order.
-        # Without a pool each element is taken as it comes. With one (or a cluster), up to LOCAL_AHEAD (AHEAD)
-        # elements are prepared first: a unit the read cache cannot replay is read as it arrives, while the reader
-        # still holds its archive or deck open; then the new images among them are vetted in one map, and all are
-        # taken in order.
-        prepared: list = []
+    # --- one image ----------------------------------------------------------------------------------------------
 
-        def prepare(element) -> None:
-            outside = None if isinstance(element, Reject) else sources.link_outside(root, element.origin)
-            read_now = (vetting and not outside and isinstance(element, Unit)
-                        and not replayable(reads.old.get(stable_hash([kind, reader_version, element.stamp]))))
-            prepared.append((element, outside, list(element.read()) if read_now else None))
+    def _take_read(self, source: ConfiguredSource, element: RawItem | Reject) -> dict:
+        """An item or reject the reader gave; returns its read-cache entry."""
+        if isinstance(element, Reject):
+            return self._reject(source.name, element.origin, element.member, element.reason)
+        # Fields as strings, so a field read now and one replayed from the JSON cache are written identically.
+        fields = {key: "" if value is None else str(value) for key, value in element.fields.items()}
+        return self._take_image(source, sha256_bytes(element.data), element.origin, element.member, fields,
+                                element.data)
 
-        def drain() -> None:
-            if vetting:
-                vet_ahead([item for element, outside, results in prepared if not outside
-                           for item in (results if results is not None else [element])
-                           if not isinstance(item, (Reject, Unit))])
-            for element, outside, results in prepared:
-                apply(element, outside, results)
-            prepared.clear()
-            vetted.clear()
+    def _take_image(self, source: ConfiguredSource, candidate_id: str, origin: str, member: str, fields: dict,
+                    data: bytes | None) -> dict:
+        """One image (its bytes, or None where the caches know it) -> a candidate, a duplicate or a reject;
+        returns its read-cache entry."""
+        entry = {"sha256": candidate_id, "origin": origin, "member": member, "fields": fields}
+        place = {"candidate_id": candidate_id, "source": source.name, "origin": origin, "member": member}
+        if candidate_id in self.candidates:
+            self.rows_of[candidate_id].append({**place, "fields": fields})
+            first = self.candidates[candidate_id]
+            self.provenance.append(place)
+            self._reject(source.name, origin, member, f"duplicate of candidate {candidate_id[:12]} "
+                         f"(kept from {first['source']}:{first['origin']} {first['member']})".strip())
+            self.duplicates_of.setdefault(candidate_id, []).append(self.rejects[-1])
+            return entry
+        stored = self.objects.get(candidate_id) or self._store_object(candidate_id, data)
+        if isinstance(stored, str):
+            return self._reject(source.name, origin, member, stored)
+        self.provenance.append(place)
+        self.rows_of[candidate_id] = [{**place, "fields": fields}]
+        fields = {**fields, **{key: value for key, value in source.declared.items()
+                               if key == "image_type_hint" or not fields.get(key)}}
+        self.candidates[candidate_id] = {
+            **place, "kind": source.kind, "object": stored["object"], "width": stored["width"],
+            "height": stored["height"], "format": stored["format"],
+            **{name: fields.get(name, "") for name in ITEM_FIELDS}, "extra": _extra(fields)}
+        return entry
 
-        for element in progress(read(root, options), f"ingest {name}"):
-            prepare(element)
-            if len(prepared) >= (AHEAD if cluster else LOCAL_AHEAD if vetting else 1):
-                drain()
-        drain()
-        reads.new_sources[source_key] = outcome
-        drain()
+    def _store_object(self, candidate_id: str, data: bytes | None) -> dict | str:
+        """Vet a new image and write its object; its row of the object index, or the reason it is rejected."""
+        outcome = self.vetted.get(candidate_id)  # vetted ahead on the pool or the cluster
+        if isinstance(outcome, str):
+            return outcome
+        try:
+            checked = outcome or check_image(data, self.limits)
+        except BadImage as error:
+            return str(error)
+        self.decoded += 1
+        name = candidate_id + checked.extension
+        self.store.write_bytes(name, checked.stored)
+        row = {"candidate_id": candidate_id, "object": name, "sha256": sha256_bytes(checked.stored),
+               "width": checked.width, "height": checked.height, "format": checked.format,
+               "checked_with": self.checked_with}
+        self.objects[candidate_id] = row
+        if self.verified is not None:
+            self.verified.record(name, row["sha256"])
+        return row
 
-    try:
-        for position, config in enumerate(source_configs):
-            read_source(position, config)
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+    def _reject(self, source_name: str, origin: str, member: str, reason: str) -> dict:
+        """A row of the rejects ledger; returns its read-cache entry."""
+        self.rejects.append({"source": source_name, "origin": origin, "member": member, "reason": reason})
+        return {"origin": origin, "member": member, "reason": reason}
 
-    conflicts = {cid: reason for cid, rows in seen_rows.items() if (reason := _label_conflict(rows))}
-    if conflicts:
-        rejects[:] = [r for r in rejects if r.get("_duplicate_of") not in conflicts]
-        provenance[:] = [p for p in provenance if p["candidate_id"] not in conflicts]
+    def _vet(self, items: list[RawItem]) -> None:
+        """The images of `items` not known yet (not in the object store, not a candidate already), vetted on the
+        pool or the cluster in one map; their outcomes in `vetted` for `_store_object`."""
+        todo = {}
+        for item in items:
+            candidate_id = sha256_bytes(item.data)
+            if candidate_id not in self.objects and candidate_id not in self.candidates:
+                todo.setdefault(candidate_id, item.data)
+        tasks = [(data, self.limits) for data in todo.values()]
+        if not tasks:
+            return
+        if self.cluster:
+            outcomes = run_map(_vet, tasks, self.compute, "vet")
+        else:
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(self.pool_size)
+            outcomes = self.pool.map(_vet, tasks, chunksize=max(1, len(tasks) // (4 * self.pool_size)))
+        for (candidate_id, data), outcome in zip(todo.items(), outcomes):
+            self.vetted[candidate_id] = (replace(outcome, stored=data)
+                                         if isinstance(outcome, CheckedImage) and outcome.stored is None else outcome)
+
+    def stop_pool(self) -> None:
+        if self.pool:
+            self.pool.shutdown(cancel_futures=True)
+
+    # --- the whole run ------------------------------------------------------------------------------------------
+
+    def exclude_conflicts(self) -> None:
+        """Every row of an image whose rows disagree on its labels goes to the ledger as the conflict, in place
+        of its candidate, its provenance and its duplicates' rows."""
+        conflicts = {cid: reason for cid, rows in self.rows_of.items() if (reason := _label_conflict(rows))}
+        if not conflicts:
+            return
+        duplicate_rows = {id(row) for cid in conflicts for row in self.duplicates_of.get(cid, ())}
+        self.rejects = [row for row in self.rejects if id(row) not in duplicate_rows]
+        self.provenance = [row for row in self.provenance if row["candidate_id"] not in conflicts]
         for candidate_id, reason in sorted(conflicts.items()):
-            del candidates[candidate_id]
-            for row in seen_rows[candidate_id]:
-                reject(row["source"], row["origin"], row["member"], reason)
-    for row in rejects:
-        row.pop("_duplicate_of", None)
+            del self.candidates[candidate_id]
+            for row in self.rows_of[candidate_id]:
+                self._reject(row["source"], row["origin"], row["member"], reason)
 
-    # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
-    keep = {row["object"] for row in candidates.values()}
-    for name in store.names():
-        if name != OBJECT_INDEX and name not in keep:
-            store.remove(name)
-    write_csv(objects_dir / OBJECT_INDEX, sorted((cache[c] for c in candidates), key=lambda r: r["candidate_id"]),
-              OBJECT_INDEX_COLUMNS)
-    ordered = sorted(candidates.values(), key=lambda row: (row["source"], row["origin"], row["member"]))
-    write_csv(out_dir / "candidates.csv", ordered, CANDIDATE_COLUMNS)
-    write_csv(out_dir / "rejects.csv", rejects, REJECT_COLUMNS)
-    write_csv(out_dir / "provenance.csv", provenance, PROVENANCE_COLUMNS)
-    reads.save()
-    if verified is not None:
-        verified.new = {name: stamp for name, stamp in verified.new.items() if name in keep}
-        verified.save()
-    return IngestResult(ordered, rejects, provenance, **counts)
+    def write(self) -> IngestResult:
+        """The three tables, the object index and the caches; objects no candidate uses are removed."""
+        # The object store holds exactly this run's candidates, so the stage output is a function of its inputs.
+        keep = {row["object"] for row in self.candidates.values()}
+        for name in self.store.names():
+            if name != OBJECT_INDEX and name not in keep:
+                self.store.remove(name)
+        write_csv(self.objects_dir / OBJECT_INDEX, sorted((self.objects[c] for c in self.candidates),
+                                                          key=lambda row: row["candidate_id"]), OBJECT_INDEX_COLUMNS)
+        ordered = sorted(self.candidates.values(), key=lambda row: (row["source"], row["origin"], row["member"]))
+        write_csv(self.out_dir / "candidates.csv", ordered, CANDIDATE_COLUMNS)
+        write_csv(self.out_dir / "rejects.csv", self.rejects, REJECT_COLUMNS)
+        write_csv(self.out_dir / "provenance.csv", self.provenance, PROVENANCE_COLUMNS)
+        self.read_cache.save()
+        if self.verified is not None:
+            self.verified.new = {name: stamp for name, stamp in self.verified.new.items() if name in keep}
+            self.verified.save()
+        return IngestResult(ordered, self.rejects, self.provenance, decoded=self.decoded,
+                            units_read=self.units_read, units_cached=self.units_cached)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
@@ -51,8 +52,8 @@ CHECKED_JSON = "checked_images.json"  # beside the index, not a DVC output: stat
 
 def standardise_image(image: Image.Image, width: int = 600, height: int = 450, quality: int = 100,
                       density: int = 72) -> bytes:
-    check_cover_geometry(getattr(image, "filename", "") or "image", *image.size, width, height)
     """The recipe's JPEG bytes of an opened (not yet loaded, for the fast path) image."""
+    check_cover_geometry(getattr(image, "filename", "") or "image", *image.size, width, height)
     stored_w, stored_h = image.size
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     upright = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
@@ -84,38 +85,65 @@ def recipe_key(params: dict) -> str:
     return stable_hash({"params": {k: params[k] for k in RECIPE_PARAMS}, "code": code_version(__name__)})[:12]
 
 
-def _standardise_one(task: tuple) -> tuple[str, str, int, str]:
-    """Worker: write one image's standardised file unless present; (candidate_id, sha256, bytes, error).
+# A NamedTuple rather than a dataclass: it hashes as JSON like the plain tuple it replaced (`executors.task_key`),
+# so a cluster's task keys stay the same.
+class Task(NamedTuple):
+    """One kept image for a worker (`_standardise_one`)."""
+
+    candidate_id: str
+    objects: str  # the objects' store: a local folder or an s3:// URL
+    object_name: str  # the candidate's object in it
+    images: str  # the standardised images' store
+    file: str  # the file to make there: `<candidate_id>-<recipe>.jpg`
+    recipe: dict  # the RECIPE_PARAMS
+    store_options: dict  # how to open an S3 store (params `compute`)
+    expected_sha: str  # what SHA256SUMS recorded for `file`; "" where nothing was
+    object_sha: str  # the object's sha256 in objects/index.csv (local objects only); "" where unknown
+    previous: str  # the candidate's file of another recipe (local stores only); "" where none
+
+
+class Made(NamedTuple):
+    """A worker's answer: the file's sha256 and size, or the error (the other fields empty)."""
+
+    candidate_id: str
+    sha256: str
+    size: int
+    error: str
+
+
+def _standardise_one(task: Task) -> Made:
+    """Worker: write one image's standardised file unless present.
     The objects and the images may be local folders or S3 stores (`stores`); a file already there is kept only
-    while it hashes to `expected` (what SHA256SUMS recorded) where one is given; the write is atomic, so a task
-    run twice (a worker lost mid-run) writes the same bytes. `previous`: the candidate's file of another recipe
-    (local stores only): where the new bytes are the same, the new name is linked to its inode instead of written
-    (a code change that leaves the output alone keeps every file's inode, which DVC's cache shares)."""
-    candidate_id, objects, object_name, images, name, recipe, options, expected, object_sha, previous = task
+    while it hashes to `task.expected_sha` where one is given; the write is atomic, so a task run twice (a worker
+    lost mid-run) writes the same bytes. `task.previous`: where the new bytes are the same as that file's, the new
+    name is linked to its inode instead of written (a code change that leaves the output alone keeps every file's
+    inode, which DVC's cache shares)."""
+    candidate_id, name, recipe = task.candidate_id, task.file, task.recipe
     try:
-        source, target = open_store(objects, options), open_store(images, options)
+        source = open_store(task.objects, task.store_options)
+        target = open_store(task.images, task.store_options)
         if isinstance(target, LocalStore) and isinstance(source, LocalStore):  # the local path, as before
             path = target.path(name)
             if not path.exists():
-                raw = source.path(object_name).read_bytes()
-                if object_sha and sha256_bytes(raw) != object_sha:  # the store is not a DVC output
-                    return candidate_id, "", 0, damaged_object(source.path(object_name), "the object")
+                raw = source.path(task.object_name).read_bytes()
+                if task.object_sha and sha256_bytes(raw) != task.object_sha:  # the store is not a DVC output
+                    return Made(candidate_id, "", 0, damaged_object(source.path(task.object_name), "the object"))
                 with Image.open(io.BytesIO(raw)) as image:
                     data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
-                if not (previous and _link_if_same(target.path(previous), path, data)):
+                if not (task.previous and _link_if_same(target.path(task.previous), path, data)):
                     atomic_write_bytes(path, data)
-                return candidate_id, sha256_bytes(data), len(data), ""
-            return candidate_id, sha256_file(path), path.stat().st_size, ""
+                return Made(candidate_id, sha256_bytes(data), len(data), "")
+            return Made(candidate_id, sha256_file(path), path.stat().st_size, "")
         if target.exists(name):
             data = target.read_bytes(name)
-            if not expected or sha256_bytes(data) == expected:
-                return candidate_id, sha256_bytes(data), len(data), ""
-        with source.open(object_name) as handle, Image.open(handle) as image:
+            if not task.expected_sha or sha256_bytes(data) == task.expected_sha:
+                return Made(candidate_id, sha256_bytes(data), len(data), "")
+        with source.open(task.object_name) as handle, Image.open(handle) as image:
             data = standardise_image(image, *(recipe[k] for k in RECIPE_PARAMS))
         target.write_bytes(name, data)
-        return candidate_id, sha256_bytes(data), len(data), ""
+        return Made(candidate_id, sha256_bytes(data), len(data), "")
     except Exception as error:  # reported by the parent with the candidate named, never as a worker traceback
-        return candidate_id, "", 0, f"{type(error).__name__}: {error}"
+        return Made(candidate_id, "", 0, f"{type(error).__name__}: {error}")
 
 
 def _link_if_same(previous: Path, path: Path, data: bytes) -> bool:
@@ -150,14 +178,14 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
     local = isinstance(store, LocalStore)
     sums = HashStore(images_dir, Path(index_csv).parent / CHECKED_JSON if local else None)
     present = store.names() - {HashStore.NAME}
-    intact: dict[str, tuple[str, str, int, str]] = {}
+    intact: dict[str, Made] = {}
     if local:  # remote objects are checked by the worker that reads them
         for candidate_id in kept:
             name = names[candidate_id]
             if name not in present:
                 continue
             if sums.intact(name):
-                intact[candidate_id] = (candidate_id, sums.sums[name], sums.size(name), "")
+                intact[candidate_id] = Made(candidate_id, sums.sums[name], sums.size(name), "")
             else:
                 (images_dir / name).unlink()
                 present.discard(name)
@@ -165,33 +193,41 @@ def standardise(candidates_csv: Path, decisions_csv: Path, objects_dir: Path, pa
     # each candidate's file of another recipe, if any: new bytes identical to it keep its inode (_link_if_same)
     earlier = {name.split("-", 1)[0]: name for name in present if "-" in name} if local else {}
     object_shas = object_sums(objects_dir) if not is_remote(objects) else {}
-    tasks = [(c, objects, candidates[c]["object"], store.location, names[c], {k: params[k] for k in RECIPE_PARAMS},
-              compute.options, sums.sums.get(names[c], ""), object_shas.get(candidates[c]["object"], ""),
-              earlier.get(c, "") if earlier.get(c) != names[c] else "")
+    tasks = [Task(candidate_id=c, objects=objects, object_name=candidates[c]["object"], images=store.location,
+                  file=names[c], recipe={k: params[k] for k in RECIPE_PARAMS}, store_options=compute.options,
+                  expected_sha=sums.sums.get(names[c], ""),
+                  object_sha=object_shas.get(candidates[c]["object"], ""),
+                  previous=earlier.get(c, "") if earlier.get(c) != names[c] else "")
              for c in kept if c not in intact]
-    made = {result[0]: result for result in run_map(_standardise_one, tasks, compute, "standardise",
-                                                     params.get("workers"))}
+    made = {result.candidate_id: result for result in run_map(_standardise_one, tasks, compute, "standardise",
+                                                               params.get("workers"))}
     results = [intact.get(c) or made[c] for c in kept]
-    failed = [(c, error) for c, _, _, error in results if error]
+    failed = [result for result in results if result.error]
     if failed:
-        candidate_id, error = failed[0]
+        candidate_id, error = failed[0].candidate_id, failed[0].error
         raise PipelineError(f"standardise: candidate {candidate_id} ({candidates[candidate_id]['object']}): "
                             f"{error}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     wanted = set(names.values())
-    for candidate_id, digest, _, _ in made.values():  # the workers' hashes of the files they wrote
-        sums.record(names[candidate_id], digest)
+    for result in made.values():  # the workers' hashes of the files they wrote
+        sums.record(names[result.candidate_id], result.sha256)
     sums.save(wanted)
     for name in present - wanted:
         store.remove(name)
-
-    rows, first_by_hash = [], {}
-    for candidate_id, digest, size, _ in results:
-        duplicate_of = first_by_hash.setdefault(digest, candidate_id)
-        duplicate = duplicate_of != candidate_id
-        rows.append({"candidate_id": candidate_id, "file": names[candidate_id], "sha256": digest, "bytes": size,
-                     "duplicate_of": duplicate_of if duplicate else "",
-                     "duplicate_reason": f"standardised image identical to candidate {duplicate_of[:12]}"
-                     if duplicate else ""})
+    rows = _index_rows(results, names)
     write_csv(index_csv, rows, INDEX_COLUMNS)
     duplicates = sum(1 for row in rows if row["duplicate_of"])
     return {"kept": len(kept), "processed": processed, "reused": len(kept) - processed, "duplicates": duplicates}
+
+
+def _index_rows(results: list[Made], names: dict[str, str]) -> list[dict]:
+    """The index: one row a kept image, in `results`' order; each image whose bytes an earlier one has too is
+    marked its duplicate."""
+    rows, first_by_hash = [], {}
+    for result in results:
+        duplicate_of = first_by_hash.setdefault(result.sha256, result.candidate_id)
+        duplicate = duplicate_of != result.candidate_id
+        rows.append({"candidate_id": result.candidate_id, "file": names[result.candidate_id],
+                     "sha256": result.sha256, "bytes": result.size, "duplicate_of": duplicate_of if duplicate else "",
+                     "duplicate_reason": f"standardised image identical to candidate {duplicate_of[:12]}"
+                     if duplicate else ""})
+    return rows

@@ -142,8 +142,9 @@ def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, 
     standardise(tmp_path / "ingest/candidates.csv", tmp_path / "decisions.csv", tmp_path / "ingest/objects", PARAMS,
                 out / "images", out / "index.csv")
     def run():
-        return dedupe(out / "index.csv", out / "images", tmp_path / "ingest/candidates.csv", DEDUPE,
-                      out / "duplicates.csv", out / "duplicate_review.csv", workers=2, cache_json=out / "cache.json")
+        return dedupe(out / "index.csv", out / "images", tmp_path / "ingest/candidates.csv", params=DEDUPE,
+                      duplicates_csv=out / "duplicates.csv", review_csv=out / "duplicate_review.csv", workers=2,
+                      cache_json=out / "cache.json")
 
     counts = run()
     # a_again.png standardises to the same bytes as a.jpg: hashed once
