@@ -10,6 +10,9 @@ the inode of DVC's cache object, which an append in place would corrupt. Undo re
 (the file replaced by its content before that row) and shows that image again; a skipped image stays open and
 comes back next time. The next `dvc repro` applies the answers (annotations beat the model and the sources).
 
+The queue comes most uncertain first (`review_order`, the order `ham filter` writes: the model's unsure decisions by
+confidence, lowest first, then the images whose source the model contradicts); a folder comes in file order.
+
 The server answers only requests addressed to it by its loopback name (`Host` 127.0.0.1 or localhost and its
 port: a DNS-rebinding page's host name is refused) and takes a POST only from its own page (`Origin` the same
 address), so another web page open in the same browser cannot post answers. A browser that closes a connection
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import threading
 from http import HTTPStatus
@@ -32,15 +36,30 @@ IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
                   ".webp": "image/webp", ".bmp": "image/bmp"}
 
 
+def review_order(item: dict) -> tuple[bool, float]:
+    """The queue's own order (`filter.decide`): the model's unsure decisions first, by its confidence, lowest first;
+    then the images whose source's declared type the model contradicts. An item without a confidence goes last
+    in its group."""
+    try:
+        confidence = float(item["confidence"])
+    except ValueError:
+        confidence = math.inf
+    return item["decided_by"] == "source", confidence
+
+
 def queue_items(queue_csv: Path, objects_dir: Path) -> list[dict]:
+    """The review queue's images, the most uncertain first (`review_order`; a stable sort, so the queue `ham
+    filter` wrote keeps its order and a queue edited by hand is put back in it)."""
     rows = read_csv(queue_csv, ("candidate_id", "object", "source"))
-    return [{"image": row["candidate_id"], "path": Path(objects_dir) / row["object"], "source": row["source"],
-             "origin": "/".join(filter(None, (row.get("origin", ""), row.get("member", "")))),
-             "guess": row.get("model_type") or row.get("image_type", ""), "confidence": row.get("confidence", ""),
-             "decided": row.get("image_type", ""), "decided_by": row.get("decided_by", "")} for row in rows]
+    items = [{"image": row["candidate_id"], "path": Path(objects_dir) / row["object"], "source": row["source"],
+              "origin": "/".join(filter(None, (row.get("origin", ""), row.get("member", "")))),
+              "guess": row.get("model_type") or row.get("image_type", ""), "confidence": row.get("confidence", ""),
+              "decided": row.get("image_type", ""), "decided_by": row.get("decided_by", "")} for row in rows]
+    return sorted(items, key=review_order)
 
 
 def folder_items(folder: Path) -> list[dict]:
+    """Every image under `folder`, in sorted file order (there is no model's confidence to order them by)."""
     items = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         items.append({"image": hashlib.sha256(path.read_bytes()).hexdigest(), "path": path,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.annotate import make_server
+from pipeline.annotate import make_server, queue_items
 from pipeline.annotations import read_annotations
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -173,3 +173,38 @@ def test_any_folder_of_images(browser, tmp_path):
         server.server_close()
     digests = [hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("a.jpg", "sub/b.png")]
     assert [(r["IMAGE"], r["ANNOTATION"]) for r in _rows(annotations)] == [(digests[0], "d"), (digests[1], "m")]
+
+
+def _write_queue(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_most_uncertain_first(browser, tmp_path):
+    """A queue whose rows are out of order (edited by hand) is shown by the model's confidence, lowest first, the
+    images whose source the model contradicts after them (the order `ham filter` writes); ties keep file order."""
+    queue, objects, ids = _queue(tmp_path)
+    rows = _rows(queue)
+    for row, confidence, decided_by in zip(rows, ("0.91", "0.42", "0.42", "0.30", "0.15"),
+                                           ("model", "model", "model", "source", "model")):
+        row["confidence"], row["decided_by"] = confidence, decided_by
+    rows = [rows[i] for i in (2, 0, 4, 3, 1)]  # ids[2] before ids[1]: equal confidence, file order kept
+    _write_queue(queue, rows)
+    expected = [ids[4], ids[2], ids[1], ids[0], ids[3]]
+    assert [item["image"] for item in queue_items(queue, objects)] == expected
+
+    server, url = _serve(tmp_path / "answers.csv", queue=queue, objects=objects)
+    try:
+        _open(browser, url)
+        seen = []
+        for _ in expected:
+            seen.append(_shown(browser)["image"])
+            _press(browser, "s")
+        assert seen == expected
+    finally:
+        server.shutdown()
+        server.server_close()
+
