@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
 import threading
 from datetime import datetime
@@ -426,3 +427,69 @@ def test_definitions_with_examples_from_the_queue(browser, tmp_path):
         server.shutdown()
         server.server_close()
 
+
+def _layout(driver) -> dict:
+    return driver.execute_script("""
+        const buttons = [...document.querySelectorAll('.buttons button')].map(b => b.getBoundingClientRect());
+        const image = document.getElementById('image').getBoundingClientRect();
+        return {width: innerWidth, height: innerHeight, page_width: document.documentElement.scrollWidth,
+                buttons_right: Math.max(...buttons.map(r => r.right)),
+                buttons_bottom: Math.max(...buttons.map(r => r.bottom)),
+                buttons_small: Math.min(...buttons.map(r => r.height)), image_right: image.right,
+                image_bottom: image.bottom, image_width: image.width,
+                foreign: [...performance.getEntriesByType('resource')].map(e => e.name)
+                           .filter(name => !name.startsWith(location.origin + '/')),
+                external: document.querySelectorAll('link, script[src], iframe, object, embed').length};""")
+
+
+def test_real_images_page_layout(browser, tmp_path, ham_data):
+    """The page on real images (HAM10000 dermatoscopic, DermNet clinical), at a desktop and a phone size: no
+    sideways scrolling, the buttons on screen with the image without scrolling and big enough for a finger, the
+    examples loaded, nothing fetched from anywhere but the server. Screenshots go to $HAM_SCREENSHOTS (else the
+    test's temporary folder) for a person to look at."""
+    files = ["ham10000/images/" + name for name in sorted(os.listdir(ham_data / "ham10000" / "images"))[:2]]
+    files += ["clinical/dermnet/" + name for name in sorted(os.listdir(ham_data / "clinical" / "dermnet"))[:2]]
+    guesses = [("dsc", "0.93", "dsc", "source"), ("dsc", "0.55", "dsc", "model"), ("macro", "0.48", "macro", "model"),
+               ("clinic", "0.71", "clinic", "model")]
+    rows, ids = [], []
+    for path, (model_type, confidence, image_type, decided_by) in zip(files, guesses):
+        ids.append(hashlib.sha256((ham_data / path).read_bytes()).hexdigest())
+        rows.append({"candidate_id": ids[-1], "object": path, "source": path.split("/")[0], "origin": path,
+                     "member": "", "image_type": image_type, "decided_by": decided_by, "model_type": model_type,
+                     "confidence": confidence})
+    rows[0]["model_type"], rows[0]["confidence"] = "macro", "0.58"  # the source says dsc, the model disagrees
+    queue = _write_queue(tmp_path / "review_queue.csv", rows)
+    annotations = tmp_path / "answers.csv"
+    annotations.write_text(f"IMAGE,ANNOTATION,TIMESTAMP\n{ids[3]},c,2018-01-01T00:00:00\n")
+    shots = Path(os.environ.get("HAM_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    server, url = _serve(annotations, queue=queue, objects=ham_data)
+    try:
+        for size, name in (((1280, 900), "desktop"), ((412, 915), "phone")):
+            browser.set_window_size(*size)
+            _open(browser, url)
+            assert _shown(browser)["image"] == ids[2]  # 0.48, the most uncertain open image
+            WebDriverWait(browser, 10).until(lambda d: _shown(d)["loaded"] and all(
+                e["loaded"] or not e["shown"] for e in _examples(d).values()))
+            examples = _examples(browser)
+            assert examples["c"]["kind"] == "annotation" and examples["d"]["image"] == ids[1]
+            layout = _layout(browser)
+            assert layout["page_width"] <= layout["width"], layout  # no sideways scrolling
+            assert layout["buttons_right"] <= layout["width"] and layout["image_right"] <= layout["width"], layout
+            assert layout["buttons_bottom"] <= layout["height"], layout  # answer without scrolling
+            assert layout["buttons_small"] >= 40, layout  # a finger's size
+            assert layout["foreign"] == [] and layout["external"] == 0, layout
+            browser.save_screenshot(str(shots / f"annotate-{name}.png"))
+        browser.set_window_size(1280, 900)
+        _open(browser, url)
+        _press(browser, "m")
+        _reveal(browser)
+        browser.save_screenshot(str(shots / "annotate-answered-revealed.png"))
+        _press(browser, "z")
+        assert _zoom(browser)["shown"] == [600, 450]  # HAM10000's own size
+        browser.save_screenshot(str(shots / "annotate-zoomed.png"))
+    finally:
+        browser.set_window_size(1280, 900)
+        server.shutdown()
+        server.server_close()
+    assert all((shots / f"annotate-{name}.png").stat().st_size > 10_000 for name in ("desktop", "phone", "zoomed"))
