@@ -181,8 +181,9 @@ def filter_(params_path, candidates, objects, model, out):
 @click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
 @friendly_errors
 def annotate(params_path, queue, objects, folder, annotations, port):
-    """Serve the annotation page on 127.0.0.1: keys d / c / m answer, s skips, u undoes; every answer is appended
-    at once as IMAGE,ANNOTATION,TIMESTAMP, so work resumes where it stopped."""
+    """Serve the annotation page on 127.0.0.1: keys or buttons d / c / m answer, s skips, u undoes, z or a click
+    shows the image at full size; the model's guess shows only after the answer or on request. Every answer is
+    written at once as IMAGE,ANNOTATION,TIMESTAMP, so work resumes where it stopped."""
     from .annotate import serve
 
     if annotations is None:
