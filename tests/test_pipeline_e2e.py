@@ -37,7 +37,7 @@ def check_release(repo: Path) -> dict[str, list[dict]]:
     for split_dir in sorted(p for p in release.iterdir() if p.is_dir() and p.name in ("train", "val", "test")):
         assert validate_csv(split_dir / "metadata.csv") == []
         rows[split_dir.name] = read_rows(split_dir / "metadata.csv")
-        images = sorted(p.stem for p in (split_dir / "images").iterdir())
+        images = sorted(p.stem for p in (split_dir / "images").glob("*.jpg"))  # beside them, metadata.jsonl
         assert images == sorted(r["image_id"] for r in rows[split_dir.name])
     lesions = {split: {r["lesion_id"] for r in split_rows} for split, split_rows in rows.items()}
     splits = list(lesions)

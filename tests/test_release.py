@@ -71,7 +71,8 @@ def test_release_layout_manifest_and_summary(tmp_path, inputs):
         assert list(split_rows[0]) == list(METADATA_COLUMNS)
         assert {r["image_id"] for r in split_rows} == {r["image_id"] for r in rows
                                                         if split_of[r["lesion_id"]] == split}
-        assert {p.stem for p in (release / split / "images").iterdir()} == {r["image_id"] for r in split_rows}
+        assert {p.name for p in (release / split / "images").iterdir()} == \
+            {f"{r['image_id']}.jpg" for r in split_rows} | {"metadata.jsonl"}  # the `datasets` index
     assert not (release / "val").exists()
     assert "CC BY-NC 4.0" in (release / "ATTRIBUTION.md").read_text()
 
