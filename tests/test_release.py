@@ -19,7 +19,8 @@ from pipeline.validate import validate_csv
 
 PARAMS = {"isic_attribution": "ViDIR Group, Department of Dermatology, Medical University of Vienna",
           "isic_license": "CC-BY-NC", "attribution": "Tschandl P, Rosendahl C, Kittler H. Sci. Data 5, 180161 (2018).",
-          "license": "CC BY-NC 4.0", "version": "9.9"}
+          "license": "CC BY-NC 4.0 (https://creativecommons.org/licenses/by-nc/4.0/)", "version": "9.9",
+          "date_published": "2026-12-07"}
 
 
 @pytest.fixture(scope="module")
