@@ -33,23 +33,19 @@ from .vocabulary import CLASS_NAMES, DATASET_VALUES, DX_TYPES, RELEASE_COLUMNS, 
 INDEX_NAME = "metadata.jsonl"  # in <split>/images/, the name `datasets`' folder builder looks for
 CROISSANT_NAME = "croissant.json"
 CROISSANT_CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
-# The JSON-LD context of Croissant 1.0 (the spec's example context, as mlcroissant writes it for 1.0 files).
+# The JSON-LD context of Croissant 1.0, as the spec's examples have it (`mlcroissant validate` warns at any other).
 CROISSANT_CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
-    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
-    "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-    "dct": "http://purl.org/dc/terms/", "equivalentProperty": "cr:equivalentProperty", "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract",
-    "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet",
-    "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath",
-    "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path", "recordSet": "cr:recordSet",
-    "references": "cr:references", "regex": "cr:regex", "repeated": "cr:repeated", "replace": "cr:replace", "samplingRate": "cr:samplingRate",
-    "sc": "https://schema.org/", "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField",
-    "transform": "cr:transform"}
-
-
-def _choices(values) -> str:
-    return ", ".join(values)
-
+    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/", "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"}, "dct": "http://purl.org/dc/terms/",
+    "equivalentProperty": "cr:equivalentProperty", "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract", "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet", "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath", "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path",
+    "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex", "repeated": "cr:repeated",
+    "replace": "cr:replace", "samplingRate": "cr:samplingRate", "sc": "https://schema.org/",
+    "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField", "transform": "cr:transform"}
 
 # The record's fields besides the image: name -> (Croissant data type, description).
 FIELDS = {
@@ -59,12 +55,12 @@ FIELDS = {
     "dx_type": ("sc:Text", "how the diagnosis was confirmed: " +
                 "; ".join(f"{code} = {name}" for code, name in DX_TYPES.items())),
     "age": ("sc:Float", "age in years, in steps of 5; empty where unknown"),
-    "sex": ("sc:Text", f"one of {_choices(SEXES)}"),
+    "sex": ("sc:Text", f"one of {', '.join(SEXES)}"),
     "localization": ("sc:Text", "site of the lesion on the body (15 values, unknown included)"),
-    "dataset": ("sc:Text", f"the study's collection the image comes from: {_choices(DATASET_VALUES)}"),
-    "split": ("sc:Text", f"the split the image is released in: {_choices(SPLITS)}"),
+    "dataset": ("sc:Text", f"the study's collection the image comes from: {', '.join(DATASET_VALUES)}"),
+    "split": ("sc:Text", f"the split the image is released in: {', '.join(SPLITS)}"),
 }
-assert list(FIELDS)[:-1] == [c for c in ("image_id", "lesion_id", *RELEASE_COLUMNS[2:])]
+assert set(FIELDS) == {*RELEASE_COLUMNS, "split"}  # every column of metadata.csv, and the split
 
 
 def index_lines(rows: list[dict], split: str) -> bytes:
