@@ -19,7 +19,8 @@ instead of pandas' guess per file, and a split holds one file of each name.
 
 The descriptor is written by hand as a dict (no `mlcroissant` at build time; the tests load it with
 `mlcroissant`). Same inputs, same bytes: the date published is the params value `release.date_published`, never
-the clock; keys are written in a fixed order, the index's lines in the split's metadata.csv order.
+the clock (a release whose params lack it has no datePublished, and `mlcroissant validate` warns); keys are
+written in a fixed order, the index's lines in the split's metadata.csv order.
 """
 from __future__ import annotations
 

@@ -114,7 +114,8 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path, sample_raw):
     assert {e["stage"] for e in excluded} >= {"filter", "metadata"}
 
     # De-identified: no raw file name, source lesion key or free-text report anywhere in the release's text files.
-    release_text = "\n".join(p.read_text() for p in (repo / "release").rglob("*") if p.suffix in (".csv", ".md"))
+    release_text = "\n".join(p.read_text() for p in (repo / "release").rglob("*")
+                             if p.suffix in (".csv", ".md", ".jsonl"))  # .jsonl: the datasets index of each split
     provenance = set()
     for candidate in candidates:
         provenance |= {Path(candidate["origin"]).name, Path(candidate["origin"]).stem, candidate["lesion_key"],
