@@ -6,6 +6,8 @@
     release/<split>/isic_metadata.csv       as an isic-cli download has them (see pipeline/isic_export.py)
     release/<split>/manifest.csv            that split's files, paths relative to the split folder, so a split
                                             fetched alone (`dvc get ... release/test`) can be checked
+    release/<split>/images/metadata.jsonl   the split's index for Hugging Face `datasets`, and
+    release/croissant.json                  the release's Croissant descriptor (see pipeline/formats.py)
     release/ATTRIBUTION.md                  licence and citation
     release/CARD.md, release/card/*.png     the data card: counts per class, dx_type, dataset and split; plots
     release/release.json                    version (params `release.version`), code version, params hash per
@@ -42,6 +44,7 @@ from stat import S_ISREG
 
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_file, stable_hash, write_csv
 from .integrity import RELEASE_MODE, copy_verified, matches
+from .formats import write_formats
 from .linking import place
 from .isic_export import isic_diagnoses, write_isic_outputs
 from .vocabulary import HAM_COLUMNS, RELEASE_COLUMNS, SPLITS
@@ -123,6 +126,8 @@ def _build_release(card, metadata_csv: Path, images_csv: Path, splits_csv: Path,
     plan = [(f"{split_of[row['lesion_id']]}/images/{row['image_id']}.jpg", source_of[row["image_id"]],
              files[row["image_id"]]["sha256"]) for row in rows]
     placed = update_images(release_dir, plan, state_path(release_dir, state_json))
+    # The Hugging Face index of each split and croissant.json: {split: [paths in the split], None: [top-level]}.
+    formats = write_formats(release_dir, {split: by_split[split] for split in SPLITS if by_split[split]}, params)
     manifest = []
     for split in SPLITS:
         if not by_split[split]:
@@ -140,6 +145,7 @@ def _build_release(card, metadata_csv: Path, images_csv: Path, splits_csv: Path,
         for name in write_isic_outputs(by_split[split], release_dir / split, hierarchy, params["isic_attribution"],
                                        params["isic_license"]):
             split_manifest.append({"path": name, "split": split})
+        split_manifest += [{"path": name, "split": split} for name in formats[split]]
         split_manifest = [e for e in split_manifest if "sha256" in e] + \
             fill_hashes(release_dir / split, [e for e in split_manifest if "sha256" not in e])
         split_manifest.sort(key=lambda e: e["path"])
@@ -150,6 +156,7 @@ def _build_release(card, metadata_csv: Path, images_csv: Path, splits_csv: Path,
     attribution = (f"# Attribution\n\n{params['attribution'].strip()}\n\n## Licence\n\n{params['license'].strip()}\n")
     atomic_write_bytes(release_dir / "ATTRIBUTION.md", attribution.encode())
     manifest.append({"path": "ATTRIBUTION.md"})
+    manifest += [{"path": name} for name in formats[None]]
 
     for path in card.finish():
         manifest.append({"path": path})

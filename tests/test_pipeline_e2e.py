@@ -37,7 +37,7 @@ def check_release(repo: Path) -> dict[str, list[dict]]:
     for split_dir in sorted(p for p in release.iterdir() if p.is_dir() and p.name in ("train", "val", "test")):
         assert validate_csv(split_dir / "metadata.csv") == []
         rows[split_dir.name] = read_rows(split_dir / "metadata.csv")
-        images = sorted(p.stem for p in (split_dir / "images").iterdir())
+        images = sorted(p.stem for p in (split_dir / "images").glob("*.jpg"))  # beside them, metadata.jsonl
         assert images == sorted(r["image_id"] for r in rows[split_dir.name])
     lesions = {split: {r["lesion_id"] for r in split_rows} for split, split_rows in rows.items()}
     splits = list(lesions)
@@ -121,7 +121,8 @@ def test_demo_pipeline_reproduces_byte_for_byte(tmp_path, sample_raw):
     assert {e["stage"] for e in excluded} >= {"filter", "metadata"}
 
     # De-identified: no raw file name, source lesion key or free-text report anywhere in the release's text files.
-    release_text = "\n".join(p.read_text() for p in (repo / "release").rglob("*") if p.suffix in (".csv", ".md"))
+    release_text = "\n".join(p.read_text() for p in (repo / "release").rglob("*")
+                             if p.suffix in (".csv", ".md", ".jsonl"))  # .jsonl: the datasets index of each split
     provenance = set()
     for candidate in candidates:
         provenance |= {Path(candidate["origin"]).name, Path(candidate["origin"]).stem, candidate["lesion_key"],

@@ -19,7 +19,8 @@ from pipeline.validate import validate_csv
 
 PARAMS = {"isic_attribution": "ViDIR Group, Department of Dermatology, Medical University of Vienna",
           "isic_license": "CC-BY-NC", "attribution": "Tschandl P, Rosendahl C, Kittler H. Sci. Data 5, 180161 (2018).",
-          "license": "CC BY-NC 4.0", "version": "9.9"}
+          "license": "CC BY-NC 4.0 (https://creativecommons.org/licenses/by-nc/4.0/)", "version": "9.9",
+          "date_published": "2026-12-07"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def test_release_layout_manifest_and_summary(tmp_path, inputs):
         assert list(split_rows[0]) == list(METADATA_COLUMNS)
         assert {r["image_id"] for r in split_rows} == {r["image_id"] for r in rows
                                                         if split_of[r["lesion_id"]] == split}
-        assert {p.stem for p in (release / split / "images").iterdir()} == {r["image_id"] for r in split_rows}
+        assert {p.name for p in (release / split / "images").iterdir()} == \
+            {f"{r['image_id']}.jpg" for r in split_rows} | {"metadata.jsonl"}  # the `datasets` index
     assert not (release / "val").exists()
     assert "CC BY-NC 4.0" in (release / "ATTRIBUTION.md").read_text()
 
