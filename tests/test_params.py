@@ -269,7 +269,7 @@ def test_every_stage_checks_its_own_section_first(tmp_path, repo_root, command, 
      "must be more than 0"),
     ("  min_confidence: 0.5", "  min_confidence: 0.95", "filter.min_confidence",
      "above review_below (0.9): an image the model scores between them would be dropped without going to review"),
-    ("  holdout_fraction: 0.2", "  holdout_fraction: 1.0", "filter.holdout_fraction",
+    ("  holdout_fraction: 0.1", "  holdout_fraction: 1.0", "filter.holdout_fraction",
      "holds out every annotated image: nothing is left to train on"),
     ("  keep_types: [dsc]", "  keep_types: []", "filter.keep_types", "keeps no image type: the release would "
      "hold no image"),
