@@ -376,9 +376,33 @@ def tag(params_path, release_dir, dry_run):
 
     result = tag_release(params_path.parent, load_params(params_path, "release"), release_dir, dry_run)
     if result["created"]:
-        click.echo(f"tagged {result['tag']} at {result['commit'][:10]}; now `dvc push` and `git push --follow-tags`")
+        click.echo(f"tagged {result['tag']} at {result['commit'][:10]}; now `ham publish` and `git push --follow-tags`")
     else:
         click.echo(f"all checks pass: `ham tag` would tag {result['tag']} at {result['commit'][:10]}")
+
+
+@main.command()
+@click.option("-r", "--remote", default=None, help="The DVC remote (default: the repository's default remote).")
+@click.option("--rev", "revs", multiple=True, help="A git revision or tag to publish instead of the workspace "
+                                                  "(repeat for several).")
+@click.option("--all-tags", is_flag=True, help="Publish every tag's outputs instead of the workspace's.")
+@click.option("--check-only", is_flag=True, help="Push nothing: only check what the remote holds.")
+@click.option("--size-only", is_flag=True, help="Compare sizes, not content (a folder remote's objects unread).")
+@click.option("-j", "--jobs", type=int, default=None, help="Parallel transfers (dvc push -j).")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True,
+              help="The git + DVC repository.")
+@friendly_errors
+def publish(remote, revs, all_tags, check_only, size_only, jobs, repo):
+    """`dvc push`, then check the remote holds every object of the pushed revisions (each output's file and
+    directory objects, content checked where the remote allows); exit 1 naming each one missing or damaged. Run it
+    again after an interrupted one: it forgets the state a killed `dvc push` leaves and completes the remote."""
+    from .publish import publish as run
+
+    report = run(repo, remote, revs, all_tags, content=not size_only, push=not check_only, jobs=jobs)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)
 
 
 @main.command("validate")
