@@ -381,6 +381,18 @@ def tag(params_path, release_dir, dry_run):
         click.echo(f"all checks pass: `ham tag` would tag {result['tag']} at {result['commit'][:10]}")
 
 
+@main.command("add")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@friendly_errors
+def add_command(sources):
+    """Check each raw source folder (data/raw/<source>) for links leading out of it, then `dvc add` them: a symbolic
+    link whose target is outside the source, or a hard link to a file outside it, is named and nothing is added
+    (dvc add would cache and push the outside file). Run it again to add new files to a source."""
+    from .add_source import add_sources
+
+    sys.exit(add_sources(list(sources)))
+
+
 @main.command()
 @click.option("-r", "--remote", default=None, help="The DVC remote (default: the repository's default remote).")
 @click.option("--rev", "revs", multiple=True, help="A git revision or tag to publish instead of the workspace "
