@@ -393,6 +393,25 @@ def add_command(sources):
     sys.exit(add_sources(list(sources)))
 
 
+@main.command("repair")
+@click.option("--check-only", is_flag=True, help="Name the damage, change nothing.")
+@friendly_errors
+def repair_command(check_only):
+    """Find every ingest object, standardised image, release file and DVC cache object whose bytes no longer match
+    their name or record; remove every name of each (one inode can be the store, release/ and DVC's cache) and
+    make them again (dvc pull of a raw source, dvc repro --force of the store's stage, dvc repro). Exit 1 naming
+    what is still damaged. `make repro` runs it first; it also repairs what a killed dvc leaves half-written."""
+    from .repair import repair
+
+    report = repair(Path("."), remake=not check_only)
+    for line in [*map(str, report.found), *report.done, *report.left]:
+        click.echo(line)
+    if report.left or (check_only and report.found):
+        sys.exit(1)
+    if not report.found:
+        click.echo("repair: every store file, release file and DVC cache object matches its record")
+
+
 @main.command()
 @click.option("-r", "--remote", default=None, help="The DVC remote (default: the repository's default remote).")
 @click.option("--rev", "revs", multiple=True, help="A git revision or tag to publish instead of the workspace "
