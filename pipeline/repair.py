@@ -212,7 +212,8 @@ def repair(repo: Path = Path("."), remake: bool = True) -> RepairReport:
 
     repo = Path(repo)
     report = RepairReport()
-    report.done += repair_dvc_locks(repo)
+    if remake:  # --check-only changes nothing
+        report.done += repair_dvc_locks(repo)
     report.found = find_damage(repo)
     if not report.found or not remake:
         return report
