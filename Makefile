@@ -43,7 +43,7 @@ demo: $(VENV)/.installed
 
 # Stage commands call `ham`, found through the PATH exported above; by hand, `. .venv/bin/activate` first.
 repro: $(VENV)/.installed
-	$(BIN)/python -m pipeline.integrity repair  # a dvc killed mid-run can leave its lock record half-written
+	$(BIN)/ham repair  # what a killed dvc leaves half-written; every damaged store file, release file, cache object
 	dvc repro
 
 test: $(VENV)/.installed-test

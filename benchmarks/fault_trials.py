@@ -23,10 +23,10 @@ with SIGKILL at the trial's point:
   committed to the cache and the lock file written).
 Where each kill landed is read from the process group just before the signal: the `ham` command then running
 (none: DVC's own work), with how far in (files in the output folder, or seconds) and the last line printed.
-Then the user's action runs: `make repro`, i.e. `python -m pipeline.integrity repair` (DVC's `.dvc/tmp/rwlock`
-or `dvc.lock` left half-written by the kill is removed or restored from git) and `dvc repro`; the trial passes
-when it succeeds, the fingerprint equals the reference, `dvc status` is clean and every file under release/
-matches the manifest (`ham verify`). dvc.lock is compared as data: a kill in DVC's rewrite of it can cut it at the
+Then the user's action runs: `make repro`'s lock repair, `integrity.repair_dvc_locks` (the first step of `ham
+repair`: DVC's `.dvc/tmp/rwlock` or `dvc.lock` left half-written by the kill is removed or restored from git) and
+`dvc repro`; the trial passes when it succeeds, the fingerprint equals the reference, `dvc status` is clean and
+every file under release/ matches the manifest (`ham verify`). dvc.lock is compared as data: a kill in DVC's rewrite of it can cut it at the
 end of a stage's entry (still readable, so not repaired); DVC then writes the lost entries back at the end, the
 same entries in another order, reported as `lock_reordered` with the stages the lock held after the kill.
 The first 16 trials cover the 8 stages x {run, lock}; later ones aim inside standardise, release, ingest, filter,
@@ -298,7 +298,7 @@ def main() -> int:
 
         attempt = watched_repro(repo, kill_at, aim)
         after_kill = lock_stages(repo)
-        repaired = repair_dvc_locks(repo)  # what `make repro` does first
+        repaired = repair_dvc_locks(repo)  # what `make repro` (`ham repair`) does first
         recovery = watched_repro(repo)
         status = run(["dvc", "status"], repo, check=False)
         got = fingerprint(repo) if recovery["code"] == 0 else {}

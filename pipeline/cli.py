@@ -378,9 +378,64 @@ def tag(params_path, release_dir, dry_run):
 
     result = tag_release(params_path.parent, load_params(params_path, "release"), release_dir, dry_run)
     if result["created"]:
-        click.echo(f"tagged {result['tag']} at {result['commit'][:10]}; now `dvc push` and `git push --follow-tags`")
+        click.echo(f"tagged {result['tag']} at {result['commit'][:10]}; now `ham publish` and `git push --follow-tags`")
     else:
         click.echo(f"all checks pass: `ham tag` would tag {result['tag']} at {result['commit'][:10]}")
+
+
+@main.command("add")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@friendly_errors
+def add_command(sources):
+    """Check each raw source folder (data/raw/<source>) for links leading out of it, then `dvc add` them: a symbolic
+    link whose target is outside the source, or a hard link to a file outside it, is named and nothing is added
+    (dvc add would cache and push the outside file). Run it again to add new files to a source."""
+    from .add_source import add_sources
+
+    sys.exit(add_sources(list(sources)))
+
+
+@main.command("repair")
+@click.option("--check-only", is_flag=True, help="Name the damage, change nothing.")
+@friendly_errors
+def repair_command(check_only):
+    """Find every ingest object, standardised image, release file and DVC cache object whose bytes no longer match
+    their name or record; remove every name of each (one inode can be the store, release/ and DVC's cache) and
+    make them again (dvc pull of a raw source, dvc repro --force of the store's stage, dvc repro). Exit 1 naming
+    what is still damaged. `make repro` runs it first; it also repairs what a killed dvc leaves half-written."""
+    from .repair import repair
+
+    report = repair(Path("."), remake=not check_only)
+    for line in [*map(str, report.found), *report.done, *report.left]:
+        click.echo(line)
+    if report.left or (check_only and report.found):
+        sys.exit(1)
+    if not report.found:
+        click.echo("repair: every store file, release file and DVC cache object matches its record")
+
+
+@main.command()
+@click.option("-r", "--remote", default=None, help="The DVC remote (default: the repository's default remote).")
+@click.option("--rev", "revs", multiple=True, help="A git revision or tag to publish instead of the workspace "
+                                                  "(repeat for several).")
+@click.option("--all-tags", is_flag=True, help="Publish every tag's outputs instead of the workspace's.")
+@click.option("--check-only", is_flag=True, help="Push nothing: only check what the remote holds.")
+@click.option("--size-only", is_flag=True, help="Compare sizes, not content (a folder remote's objects unread).")
+@click.option("-j", "--jobs", type=int, default=None, help="Parallel transfers (dvc push -j).")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True,
+              help="The git + DVC repository.")
+@friendly_errors
+def publish(remote, revs, all_tags, check_only, size_only, jobs, repo):
+    """`dvc push`, then check the remote holds every object of the pushed revisions (each output's file and
+    directory objects, content checked where the remote allows); exit 1 naming each one missing or damaged. Run it
+    again after an interrupted one: it forgets the state a killed `dvc push` leaves and completes the remote."""
+    from .publish import publish as run
+
+    report = run(repo, remote, revs, all_tags, content=not size_only, push=not check_only, jobs=jobs)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)
 
 
 @main.command("validate")
