@@ -259,7 +259,8 @@ def test_thresholds_at_their_exact_boundaries(tmp_path, params):
         assert first["duplicate_of"] == ""
         if k in joined:
             assert second["duplicate_of"] == ids[2 * k]
-            assert second["duplicate_reason"] == f"near-duplicate of candidate {ids[2 * k][:12]} (perceptual distance {gap})"
+            assert second["duplicate_reason"] == (f"near-duplicate of candidate {ids[2 * k][:12]} "
+                                                  f"(perceptual distance {gap})")
         else:
             assert second["duplicate_of"] == second["duplicate_reason"] == "", (gap, limits)
     assert {(r["candidate_id"], r["distance"]) for r in out["ledger"]} == {
