@@ -23,8 +23,6 @@ from pipeline.params import params_problems
 from pipeline.source_rules import ingest_rules
 from tests.test_source_pptx import make_deck
 
-pytestmark = pytest.mark.real_data
-
 LIMITS = Limits(max_pixels=1_500_000, min_side=64, max_aspect=4.0, max_decode_mib=32)
 
 

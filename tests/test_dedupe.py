@@ -1,10 +1,16 @@
-"""Near-duplicates (pipeline/dedupe.py) on the real images: no two of the 490 real HAM10000 images are joined
-(different photographs of one lesion included), re-encoded and resized copies are, and in the stage a group
-keeps one image, records every member's provenance and lists the borderline pairs for review."""
+"""Near-duplicates (pipeline/dedupe.py).
+
+Without data: the thresholds at their exact boundaries, through `dedupe()` itself on planted hashes whose
+distances are known to the bit (`max_distance` joins, `max_distance + 1` goes to review, `review_distance` is
+reviewed, `review_distance + 1` is apart), the phash cache's key, and drawn images re-encoded and resized.
+On the real images ($HAM_DATA): no two of the 490 real HAM10000 images are joined (different photographs of one
+lesion included), re-encoded and resized copies are, and in the stage a group keeps one image, records every
+member's provenance and lists the borderline pairs for review."""
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +18,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.common import read_csv
+from pipeline.common import PipelineError, read_csv, write_csv
 import pipeline.dedupe as dedupe_module
-from pipeline.dedupe import VIEWS, _hash_file, dedupe, distances, near_pairs
+from pipeline.dedupe import VIEWS, _hash_file, dedupe, distances, hashed_with, near_pairs, pair_distance
 from pipeline.ingest import ingest
 from pipeline.standardise import standardise, standardise_image
-
-pytestmark = pytest.mark.real_data
 
 REPO = Path(__file__).resolve().parent.parent
 DEDUPE = yaml.safe_load((REPO / "params.yaml").read_text())["standardise"]["dedupe"]
@@ -182,3 +186,174 @@ def test_stage_groups_keep_one_record_provenance_and_review(tmp_path, ham_data, 
     (review,) = read_csv(out / "duplicate_review.csv")
     assert {review["origin_a"], review["origin_b"]} == {"same1.jpg", "same2.jpg"}
     assert DEDUPE["max_distance"] < int(review["distance"]) <= DEDUPE["review_distance"]
+
+
+# ------------------------------------------------------------------- the thresholds, on planted hashes (no data)
+
+PINNED = {"max_distance": 10, "review_distance": 30}  # dedupe.DEFAULTS as written: a move by one bit must fail
+
+
+def planted(gaps: list[int], seed: int = 11) -> np.ndarray:
+    """Hashes of pairs of images, (2 * len(gaps), views, words): pair k's second image has for its whole view the
+    first's whole view with exactly gaps[k] bits flipped; every other view is random. Views of different origin
+    are about 128 bits apart, so pair k is gaps[k] apart and every other pair far beyond any threshold."""
+    rng = np.random.default_rng(seed)
+    words = dedupe_module.HASH_SIZE ** 2 // 64
+    hashes = np.frombuffer(rng.bytes(2 * len(gaps) * len(VIEWS) * words * 8), np.uint64)
+    hashes = hashes.reshape(2 * len(gaps), len(VIEWS), words).copy()
+    for k, gap in enumerate(gaps):
+        bits = np.zeros(words * 64, np.uint8)
+        bits[rng.choice(words * 64, size=gap, replace=False)] = 1
+        hashes[2 * k + 1, 0] = hashes[2 * k, 0] ^ np.packbits(bits).view(">u8").astype(np.uint64)
+    for k, gap in enumerate(gaps):  # the premise, checked by brute force
+        assert pair_distance(hashes, 2 * k, 2 * k + 1) == gap
+    assert all(d > 60 for n in range(len(hashes)) for o, d in enumerate(distances(hashes, n))
+               if (n, n + 1 + o) not in {(2 * k, 2 * k + 1) for k in range(len(gaps))})
+    return hashes
+
+
+def dedupe_planted(folder: Path, hashes: np.ndarray, params: dict | None, version: str | None = None) -> dict:
+    """`dedupe()` on candidates whose hashes are `hashes`, handed to it through its phash cache (no image is read:
+    the images folder does not exist). Candidate n is `ids[n]`; all have the same pixels, so the smallest ID is
+    kept. Returns the counts, the index by candidate ID, the ledger and the review pairs {(distance, {a, b})}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"{n:02d}" + "c" * 62 for n in range(len(hashes))]
+    shas = [f"{n:02d}" + "5" * 62 for n in range(len(hashes))]
+    if not (folder / "candidates.csv").exists():
+        write_csv(folder / "candidates.csv", [{"candidate_id": i, "source": "s", "origin": f"{n}.jpg", "member": "",
+                                               "width": 600, "height": 450} for n, i in enumerate(ids)],
+                  ("candidate_id", "source", "origin", "member", "width", "height"))
+        (folder / "cache.json").write_text(json.dumps(
+            {"hashed_with": version or hashed_with(), "hashes": {s: h.tobytes().hex() for s, h in zip(shas, hashes)}}))
+    write_csv(folder / "index.csv", [{"candidate_id": i, "file": f"{s}.jpg", "sha256": s, "duplicate_of": "",
+                                      "duplicate_reason": ""} for i, s in zip(ids, shas)],
+              ("candidate_id", "file", "sha256", "duplicate_of", "duplicate_reason"))
+    counts = dedupe(folder / "index.csv", folder / "no-images", folder / "candidates.csv", params=params,
+                    duplicates_csv=folder / "duplicates.csv", review_csv=folder / "review.csv", workers=1,
+                    cache_json=folder / "cache.json")
+    review = {(int(r["distance"]), frozenset((r["candidate_a"], r["candidate_b"])))
+              for r in read_csv(folder / "review.csv")}
+    return {"counts": counts, "ids": ids, "index": {r["candidate_id"]: r for r in read_csv(folder / "index.csv")},
+            "ledger": read_csv(folder / "duplicates.csv"), "review": review}
+
+
+@pytest.mark.parametrize("params", [DEDUPE, None, {}, {"max_distance": 0, "review_distance": 1},
+                                    {"max_distance": 15, "review_distance": 16},
+                                    {"max_distance": 12, "review_distance": 12}],
+                         ids=["params.yaml", "none", "defaults", "0-1", "15-16", "12-12"])
+def test_thresholds_at_their_exact_boundaries(tmp_path, params):
+    """Pairs exactly `max_distance`, `max_distance + 1`, `review_distance` and `review_distance + 1` apart:
+    the first joined (the second image excluded as a near-duplicate), the next two listed for review unless
+    already joined, the last apart. Without params, the defaults are 10 and 30 bits."""
+    limits = {**PINNED, **(params or {})}
+    most, review = limits["max_distance"], limits["review_distance"]
+    gaps = [most, most + 1, review, review + 1]
+    out = dedupe_planted(tmp_path, planted(gaps), params)
+    ids = out["ids"]
+    joined = [k for k, gap in enumerate(gaps) if gap <= most]
+    listed = {(gap, frozenset(ids[2 * k:2 * k + 2])) for k, gap in enumerate(gaps) if most < gap <= review}
+    assert out["counts"] == {"groups": len(joined), "hashed": 0, "duplicates": len(joined),
+                             "near_duplicates": len(joined), "review_pairs": len(listed)}
+    for k, gap in enumerate(gaps):
+        first, second = out["index"][ids[2 * k]], out["index"][ids[2 * k + 1]]
+        assert first["duplicate_of"] == ""
+        if k in joined:
+            assert second["duplicate_of"] == ids[2 * k]
+            assert second["duplicate_reason"] == (f"near-duplicate of candidate {ids[2 * k][:12]} "
+                                                  f"(perceptual distance {gap})")
+        else:
+            assert second["duplicate_of"] == second["duplicate_reason"] == "", (gap, limits)
+    assert {(r["candidate_id"], r["distance"]) for r in out["ledger"]} == {
+        pair for k in joined for pair in ((ids[2 * k], "0"), (ids[2 * k + 1], str(gaps[k])))}
+    assert out["review"] == listed
+    assert dedupe_planted(tmp_path, planted(gaps), params) == out  # again, with the pairs from the cache
+
+
+def test_pairs_searched_to_a_smaller_limit_are_not_reused(tmp_path):
+    """The phash cache keeps the pairs found up to the last run's review_distance: a run with a larger one
+    searches again and finds the pair beyond the old limit."""
+    hashes = planted([5, 31])
+    first = dedupe_planted(tmp_path, hashes, {"max_distance": 10, "review_distance": 30})
+    assert first["counts"]["groups"] == 1 and first["review"] == set()
+    wider = dedupe_planted(tmp_path, hashes, {"max_distance": 10, "review_distance": 31})
+    assert wider["review"] == {(31, frozenset(first["ids"][2:4]))}
+    joined = dedupe_planted(tmp_path, hashes, {"max_distance": 31, "review_distance": 31})
+    assert joined["counts"]["groups"] == 2 and joined["review"] == set()
+
+
+def test_hashes_cached_by_other_code_are_not_used(tmp_path, monkeypatch):
+    """The phash cache holds hashes under `hashed_with()`: cached under another version they are computed again
+    (here they cannot be: the images are not there), and the version follows the views, the hash size, Pillow
+    and this code."""
+    with pytest.raises(PipelineError, match="near-duplicates: cannot read .*no-images"):
+        dedupe_planted(tmp_path, planted([5]), DEDUPE, version="another")
+    import PIL
+
+    import pipeline.codedeps
+
+    version = hashed_with()
+    for target, name, value in ((dedupe_module, "VIEWS", VIEWS[:-1]), (dedupe_module, "HASH_SIZE", 8),
+                                (PIL, "__version__", "0.0"),
+                                (pipeline.codedeps, "code_version", lambda *modules: "other code")):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, value)
+            assert hashed_with() != version, name
+    assert hashed_with() == version
+
+
+# ------------------------------------------------------------------------------------------ drawn images (no data)
+
+def test_drawn_images_none_joined_copies_caught(tmp_path, drawn_images):
+    """The generated counterpart of the real-image test: drawn pictures are all beyond review_distance of each
+    other, and every re-encoded, resized or slightly cropped copy of one is within max_distance of it."""
+    images = drawn_images["dsc"][:30]
+    hashes = _hashes(images)
+    assert near_pairs(hashes, DEDUPE["review_distance"]) == []
+    for number in range(0, len(images), 5):
+        image = Image.open(images[number]).convert("RGB")
+        w, h = image.size
+        copies = {"q50": _encoded(image, format="JPEG", quality=50), "png": _encoded(image, format="PNG"),
+                  "small": _encoded(image.resize((400, 300), Image.LANCZOS), format="JPEG", quality=90),
+                  "large": _encoded(image.resize((1600, 1200), Image.LANCZOS), format="JPEG", quality=90),
+                  "crop5": _encoded(image.crop((30, 22, w - 30, h - 22)), format="JPEG", quality=90)}
+        for kind, data in copies.items():
+            path = tmp_path / f"{kind}.jpg"
+            path.write_bytes(standardise_image(Image.open(io.BytesIO(data))))
+            distance = distances(np.stack([hashes[number], _hashes([path])[0]]), 0)[0]
+            assert distance <= DEDUPE["max_distance"], (number, kind, distance)
+
+
+def test_stage_on_drawn_images_keeps_the_largest_copy(tmp_path, drawn_images):
+    """Through ingest and standardise: a drawn picture, a smaller re-encoded copy from another source and a PNG
+    of it are one group keeping a 600x450 one; another drawn picture stays."""
+    original, other = drawn_images["dsc"][3], drawn_images["dsc"][4]
+    picture = Image.open(original).convert("RGB")
+    batches = {"first": {"a.jpg": original.read_bytes(), "other.jpg": other.read_bytes()},
+               "second": {"a_small.jpg": _encoded(picture.resize((480, 360), Image.LANCZOS), format="JPEG",
+                                                  quality=70),
+                          "a_again.png": _encoded(picture, format="PNG")}}
+    sources = []
+    for name, files in batches.items():
+        (tmp_path / name).mkdir()
+        for file, data in files.items():
+            (tmp_path / name / file).write_bytes(data)
+        (tmp_path / name / "index.csv").write_text("file,lesion\n" + "".join(f"{f},{f}\n" for f in files))
+        sources.append({"name": name, "kind": "export", "path": name, "dataset": "vidir_modern"})
+    result = ingest(sources, tmp_path, tmp_path / "ingest", 100_000_000)
+    assert not result.rejects and len(result.candidates) == 4
+    by_origin = {c["origin"]: c["candidate_id"] for c in result.candidates}
+    (tmp_path / "decisions.csv").write_text(
+        "candidate_id,keep\n" + "".join(f"{c['candidate_id']},true\n" for c in result.candidates))
+    out = tmp_path / "std"
+    standardise(tmp_path / "ingest/candidates.csv", tmp_path / "decisions.csv", tmp_path / "ingest/objects", PARAMS,
+                out / "images", out / "index.csv")
+    counts = dedupe(out / "index.csv", out / "images", tmp_path / "ingest/candidates.csv", params=DEDUPE,
+                    duplicates_csv=out / "duplicates.csv", review_csv=out / "review.csv", workers=1)
+    assert counts == {"groups": 1, "hashed": 3, "duplicates": 2, "near_duplicates": 1, "review_pairs": 0}
+    index = {r["candidate_id"]: r for r in read_csv(out / "index.csv")}
+    # the original and its PNG have the same pixels: the smaller candidate ID is kept, the 480x360 copy never
+    kept = min(by_origin["a.jpg"], by_origin["a_again.png"])
+    assert {c: index[c]["duplicate_of"] for c in by_origin.values()} == {
+        by_origin["other.jpg"]: "", kept: "", **{by_origin[o]: kept for o in ("a.jpg", "a_small.jpg", "a_again.png")
+                                                 if by_origin[o] != kept}}
+    assert read_csv(out / "review.csv") == []

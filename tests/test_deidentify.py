@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from PIL import Image, ImageCms, PngImagePlugin
 from pipeline.common import read_csv, sha256_bytes
 from pipeline.ingest import ingest
 from pipeline.jpeg_segments import foreign_segments, marker_name, segments
-from pipeline.standardise import standardise
+from pipeline.standardise import standardise, standardise_image
 from pipeline.verify import verify
 
 PATIENT = "patient: Jane Doe, DOB 1950-01-01"
@@ -199,6 +200,61 @@ def test_same_pixels_same_bytes_whatever_the_metadata(tmp_path, some_images):
     assert sha256_bytes(loaded) != sha256_bytes(bare)
     # both decode to the same pixels: the same standardised bytes, so one is the other's identical duplicate
     assert rows[0]["sha256"] == rows[1]["sha256"] and [r["duplicate_of"] != "" for r in rows].count(True) == 1
+
+
+GPS_PLACE = "48 12 30 N, 16 22 4 E"
+MAKER = b"MakerNote: serial 4711-DERMLITE, owner Dr. Doe"
+
+
+def _orientation_gps_maker_note() -> bytes:
+    """EXIF of a phone or dermatoscope camera: orientation 6 (turn 90 degrees clockwise to display), a GPS IFD
+    with the place, and a MakerNote in the Exif IFD."""
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "DermCam"  # Make
+    exif.get_ifd(ExifTags.IFD.Exif)[0x927C] = MAKER  # MakerNote
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps.update({1: "N", 2: (48.0, 12.0, 30.0), 3: "E", 4: (16.0, 22.0, 4.0), 0x1B: GPS_PLACE})
+    return exif.tobytes()
+
+
+def test_exif_orientation_applied_and_gps_and_maker_note_dropped(tmp_path, drawn_images):
+    """A JPEG turned by EXIF and carrying a GPS position and a maker note standardises to exactly what its pixels
+    turned upright give, with no EXIF left; the same pixels not turned give another image."""
+    from PIL import ExifTags
+
+    data = jpeg(Image.open(drawn_images["dsc"][7]).convert("RGB"), exif=_orientation_gps_maker_note())
+    with Image.open(io.BytesIO(data)) as raw:  # the input carries what it claims
+        exif = raw.getexif()
+        assert exif[0x0112] == 6 and exif.get_ifd(ExifTags.IFD.Exif)[0x927C] == MAKER
+        assert exif.get_ifd(ExifTags.IFD.GPSInfo)[2] == (48.0, 12.0, 30.0)
+        stored = raw.convert("RGB")  # the pixels as stored, landscape
+    assert stored.size == (600, 450) and MAKER in data and GPS_PLACE.encode() in data
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    files = {"camera.jpg": data, "upright.png": png(stored.transpose(Image.Transpose.ROTATE_270)),
+             "as_stored.png": png(stored)}
+    rows, images = _ingest_and_standardise(tmp_path, files, duplicates=1)
+    upright, as_stored = (sha256_bytes(standardise_image(Image.open(io.BytesIO(files[name]))))
+                          for name in ("upright.png", "as_stored.png"))
+    assert upright != as_stored
+    # camera.jpg came out as the upright picture (the identical duplicate of upright.png), not as stored
+    assert Counter(row["sha256"] for row in rows) == {upright: 2, as_stored: 1}
+    # standardise turns such a JPEG itself too, should one reach it as it came (ingest stores it turned)
+    assert sha256_bytes(standardise_image(Image.open(io.BytesIO(data)))) == upright
+    for row in rows:
+        result = (images / row["file"]).read_bytes()
+        assert [marker_name(m) for _, m, _ in segments(result)] == RELEASED
+        for needle in (b"Exif", MAKER, b"DermCam", GPS_PLACE.encode(), b"DERMLITE"):
+            assert needle not in result, (row["file"], needle)
+        with Image.open(images / row["file"]) as image:
+            assert not image.getexif() and image.size == (600, 450)
 
 
 # ------------------------------------------------------------------------------------------------- the walk

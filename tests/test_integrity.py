@@ -1,5 +1,6 @@
-"""Content checks at every hand-over, links, label conflicts, release modes: real images from $HAM_DATA in
-tmp_path, and real DVC in a throw-away copy of the repository (the corrupted-cache cases).
+"""Content checks at every hand-over, links, label conflicts, release modes: dermatoscopic images in tmp_path (the
+`some_images` fixture: the real ones where $HAM_DATA has them, else drawn ones), and real DVC in a throw-away copy
+of the repository (the corrupted-cache cases).
 
 Each store is damaged the way a disk, a bad copy or a hostile hand would (bytes flipped, file truncated, file
 replaced) and the test shows the damage is caught: rebuilt from its source where the stage can, else the stage
@@ -26,8 +27,6 @@ from pipeline.standardise import standardise
 from tests.pipeline_repo import copy_repository, run
 from tests.test_ingest import config, make_export
 
-pytestmark = pytest.mark.real_data
-
 BIG = 100_000_000
 RELEASE_PARAMS = {"isic_attribution": "ViDIR", "isic_license": "CC-BY-NC", "attribution": "Tschandl et al.",
                   "license": "CC BY-NC 4.0"}
@@ -35,8 +34,8 @@ STANDARDISE = {"width": 600, "height": 450, "quality": 100, "density": 72}
 
 
 @pytest.fixture(scope="module")
-def real_images(ham_data) -> list[Path]:
-    return sorted((ham_data / "ham10000" / "images").glob("*.jpg"))[:12]
+def dsc(some_images) -> list[Path]:
+    return some_images.dsc[:12]
 
 
 def png_of(path: Path, mode: str = "L") -> bytes:
@@ -52,10 +51,10 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
-def ingest_source(tmp_path: Path, real_images: list[Path]) -> tuple[Path, Path]:
+def ingest_source(tmp_path: Path, dsc: list[Path]) -> tuple[Path, Path]:
     """An export source of 4 plain JPEGs and one greyscale PNG (stored normalised), ingested once."""
-    files = {f"img{i}.jpg": real_images[i].read_bytes() for i in range(4)}
-    files["grey.png"] = png_of(real_images[4])
+    files = {f"img{i}.jpg": dsc[i].read_bytes() for i in range(4)}
+    files["grey.png"] = png_of(dsc[4])
     make_export(tmp_path / "raw" / "a", files, list(files))
     out = tmp_path / "out"
     first = ingest([config("vidir_modern", "raw/a")], tmp_path, out, BIG)
@@ -65,8 +64,8 @@ def ingest_source(tmp_path: Path, real_images: list[Path]) -> tuple[Path, Path]:
 
 # ------------------------------------------------------------------------------------------- ingest object store
 
-def test_corrupt_objects_are_rebuilt_from_their_source(tmp_path, real_images):
-    out, _ = ingest_source(tmp_path, real_images)
+def test_corrupt_objects_are_rebuilt_from_their_source(tmp_path, dsc):
+    out, _ = ingest_source(tmp_path, dsc)
     objects = out / "objects"
     index = {r["candidate_id"]: r for r in read_csv(objects / "index.csv")}
     raw_object = next(objects / r["object"] for r in index.values() if r["object"].endswith(".jpg"))
@@ -84,23 +83,23 @@ def test_corrupt_objects_are_rebuilt_from_their_source(tmp_path, real_images):
     assert len(again.candidates) == 5 and not again.rejects
 
 
-def test_replaced_object_index_row_is_not_trusted(tmp_path, real_images):
+def test_replaced_object_index_row_is_not_trusted(tmp_path, dsc):
     """An object swapped for another valid image (a foreign file under a trusted name) is rebuilt too."""
-    out, _ = ingest_source(tmp_path, real_images)
+    out, _ = ingest_source(tmp_path, dsc)
     objects = out / "objects"
     victim = sorted(p for p in objects.iterdir() if p.suffix == ".jpg")[0]
     good = victim.read_bytes()
-    victim.write_bytes(real_images[11].read_bytes())
+    victim.write_bytes(dsc[11].read_bytes())
     again = ingest([config("vidir_modern", "raw/a")], tmp_path, out, BIG)
     assert again.decoded == 1 and victim.read_bytes() == good
 
 
-def test_checked_files_read_a_file_again_only_when_its_stat_changed(tmp_path, monkeypatch, real_images):
+def test_checked_files_read_a_file_again_only_when_its_stat_changed(tmp_path, monkeypatch, dsc):
     import pipeline.integrity as integrity
 
     folder, record = tmp_path / "store", tmp_path / "checked.json"
     folder.mkdir()
-    data = real_images[0].read_bytes()
+    data = dsc[0].read_bytes()
     (folder / "a.jpg").write_bytes(data)
     (folder / "b.jpg").write_bytes(data)
     past = (os.stat(folder / "a.jpg").st_mtime_ns - 10_000_000_000,) * 2
@@ -129,8 +128,8 @@ def test_checked_files_read_a_file_again_only_when_its_stat_changed(tmp_path, mo
 
 # ------------------------------------------------------------------------------------------- standardised store
 
-def standardise_once(tmp_path: Path, real_images: list[Path]) -> tuple[Path, Path, Path, dict]:
-    out, _ = ingest_source(tmp_path, real_images)
+def standardise_once(tmp_path: Path, dsc: list[Path]) -> tuple[Path, Path, Path, dict]:
+    out, _ = ingest_source(tmp_path, dsc)
     decisions = tmp_path / "decisions.csv"
     write_csv(decisions, [{"candidate_id": c["candidate_id"], "keep": "true"} for c in read_csv(out / "candidates.csv")],
               ("candidate_id", "keep"))
@@ -143,8 +142,8 @@ def standardise_once(tmp_path: Path, real_images: list[Path]) -> tuple[Path, Pat
     return images_dir, index, out, {"run": run_stage}
 
 
-def test_corrupt_standardised_image_is_rebuilt(tmp_path, real_images):
-    images_dir, index, _, stage = standardise_once(tmp_path, real_images)
+def test_corrupt_standardised_image_is_rebuilt(tmp_path, dsc):
+    images_dir, index, _, stage = standardise_once(tmp_path, dsc)
     rows = read_csv(index)
     target = images_dir / rows[0]["file"]
     flip_byte(target)
@@ -156,10 +155,10 @@ def test_corrupt_standardised_image_is_rebuilt(tmp_path, real_images):
         assert sha256_file(images_dir / row["file"]) == row["sha256"]
 
 
-def test_image_without_a_record_is_not_trusted(tmp_path, real_images):
+def test_image_without_a_record_is_not_trusted(tmp_path, dsc):
     """A file that SHA256SUMS does not vouch for (a run killed before it was saved, a file dropped in) is
     made again; a damaged SHA256SUMS makes every file be made again, never trusted."""
-    images_dir, index, _, stage = standardise_once(tmp_path, real_images)
+    images_dir, index, _, stage = standardise_once(tmp_path, dsc)
     sums = images_dir / HashStore.NAME
     sums.write_text("garbage\n")
     assert stage["run"]()["processed"] == 5
@@ -168,12 +167,12 @@ def test_image_without_a_record_is_not_trusted(tmp_path, real_images):
 
 # ---------------------------------------------------------------------------------------------------- release
 
-def release_inputs(tmp_path: Path, real_images: list[Path]) -> dict:
-    """metadata, images and splits tables for 6 real images (one lesion each) with standardised copies."""
+def release_inputs(tmp_path: Path, dsc: list[Path]) -> dict:
+    """metadata, images and splits tables for 6 images (one lesion each) with standardised copies."""
     standardised = tmp_path / "standardised"
     standardised.mkdir()
     metadata, images, splits = [], [], []
-    for number, path in enumerate(real_images[:6]):
+    for number, path in enumerate(dsc[:6]):
         name = f"{sha256_file(path)}-recipe.jpg"
         shutil.copyfile(path, standardised / name)
         image_id, lesion = f"ISIC_90000{number:02d}", f"HAM_90000{number:02d}"
@@ -195,8 +194,8 @@ def build(tmp_path: Path) -> dict:
                          tmp_path / "standardised", RELEASE_PARAMS, tmp_path / "release", tmp_path / "summary.json")
 
 
-def test_release_refuses_a_corrupt_standardised_image(tmp_path, real_images):
-    inputs = release_inputs(tmp_path, real_images)
+def test_release_refuses_a_corrupt_standardised_image(tmp_path, dsc):
+    inputs = release_inputs(tmp_path, dsc)
     bad = inputs["standardised"] / inputs["images"][2]["file"]
     flip_byte(bad)
     with pytest.raises(CorruptFile) as error:
@@ -207,8 +206,8 @@ def test_release_refuses_a_corrupt_standardised_image(tmp_path, real_images):
     assert not (tmp_path / "release" / "manifest.csv").exists()  # no manifest vouches for a partial release
 
 
-def test_release_files_are_readable_by_all_whatever_the_umask(tmp_path, real_images):
-    release_inputs(tmp_path, real_images)
+def test_release_files_are_readable_by_all_whatever_the_umask(tmp_path, dsc):
+    release_inputs(tmp_path, dsc)
     code = ("import os, sys; os.umask(0o077); from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
             "from tests.test_integrity import build; build(Path(sys.argv[2]))")
     subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent.parent), str(tmp_path)], check=True,
@@ -220,8 +219,8 @@ def test_release_files_are_readable_by_all_whatever_the_umask(tmp_path, real_ima
     assert verify(tmp_path / "release").problems == []
 
 
-def test_ham_verify_names_every_kind_of_damage(tmp_path, real_images):
-    release_inputs(tmp_path, real_images)
+def test_ham_verify_names_every_kind_of_damage(tmp_path, dsc):
+    release_inputs(tmp_path, dsc)
     build(tmp_path)
     release = tmp_path / "release"
     manifest = read_csv(release / "manifest.csv")
@@ -249,14 +248,14 @@ def test_cover_geometry_guard():
 
 # ------------------------------------------------------------------------------------------------------- links
 
-def test_links_out_of_the_source_are_rejected(tmp_path, real_images):
+def test_links_out_of_the_source_are_rejected(tmp_path, dsc):
     outside = tmp_path / "elsewhere"
     (outside / "dir").mkdir(parents=True)
-    (outside / "secret.jpg").write_bytes(real_images[8].read_bytes())
-    (outside / "dir" / "x.jpg").write_bytes(real_images[9].read_bytes())
+    (outside / "secret.jpg").write_bytes(dsc[8].read_bytes())
+    (outside / "dir" / "x.jpg").write_bytes(dsc[9].read_bytes())
     (outside / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     root = tmp_path / "raw" / "a"
-    files = {"ok.jpg": real_images[0].read_bytes(), "inner/real.jpg": real_images[1].read_bytes()}
+    files = {"ok.jpg": dsc[0].read_bytes(), "inner/real.jpg": dsc[1].read_bytes()}
     rows = ["ok.jpg", "file_link.jpg", "dir_link/x.jpg", "inner_link.jpg", "passwd.jpg", "loop.jpg"]
     make_export(root, files, rows)
     (root / "file_link.jpg").symlink_to(outside / "secret.jpg")
@@ -278,11 +277,28 @@ def test_links_out_of_the_source_are_rejected(tmp_path, real_images):
     assert len(result.candidates) + len(result.rejects) == len(rows) + 1  # + inner/real.jpg, not listed
 
 
+def test_a_hard_link_from_outside_is_the_file_itself(tmp_path, dsc):
+    """A hard link is not a way out of a source: it is the file, under one more name. With DVC's `cache.type
+    hardlink` every tracked raw file has its other name in .dvc/cache, outside the source, and is read like any;
+    only symbolic links can lead out (the test above)."""
+    outside = tmp_path / "cache"
+    outside.mkdir()
+    (outside / "object").write_bytes(dsc[10].read_bytes())
+    root = tmp_path / "raw" / "a"
+    make_export(root, {"ok.jpg": dsc[0].read_bytes()}, ["ok.jpg", "tracked.jpg"])
+    os.link(outside / "object", root / "tracked.jpg")
+    assert (root / "tracked.jpg").stat().st_nlink == 2
+    result = ingest([config("vidir_modern", "raw/a")], tmp_path, tmp_path / "out", BIG)
+    assert result.rejects == []
+    assert {c["origin"]: c["candidate_id"] for c in result.candidates} == {
+        "ok.jpg": sha256_file(dsc[0]), "tracked.jpg": sha256_file(dsc[10])}
+
+
 # --------------------------------------------------------------------------------------------- label conflicts
 
-def test_conflicting_labels_exclude_every_row_identical_ones_are_duplicates(tmp_path, real_images):
+def test_conflicting_labels_exclude_every_row_identical_ones_are_duplicates(tmp_path, dsc):
     a, b = tmp_path / "raw" / "a", tmp_path / "raw" / "b"
-    same, twin = real_images[0].read_bytes(), real_images[1].read_bytes()
+    same, twin = dsc[0].read_bytes(), dsc[1].read_bytes()
     a.mkdir(parents=True)
     b.mkdir(parents=True)
     for folder, names in ((a, ("x.jpg", "x_again.jpg", "t.jpg")), (b, ("y.jpg", "t2.jpg"))):
@@ -317,8 +333,8 @@ def test_conflicting_labels_exclude_every_row_identical_ones_are_duplicates(tmp_
     assert "_duplicate_of" not in read_csv(tmp_path / "out" / "rejects.csv")[0]
 
 
-def test_same_image_two_lesions_in_one_source_is_a_conflict(tmp_path, real_images):
-    files = {"a.jpg": real_images[0].read_bytes(), "b.jpg": real_images[0].read_bytes()}
+def test_same_image_two_lesions_in_one_source_is_a_conflict(tmp_path, dsc):
+    files = {"a.jpg": dsc[0].read_bytes(), "b.jpg": dsc[0].read_bytes()}
     make_export(tmp_path / "raw" / "a", files, list(files))  # rows L000 and L001
     result = ingest([config("vidir_modern", "raw/a")], tmp_path, tmp_path / "out", BIG)
     assert not result.candidates
@@ -476,7 +492,7 @@ def worst_inputs(source: Path, folder: Path, side: int, edge: dict) -> dict[str,
     return paths
 
 
-def test_decoding_memory_stays_within_the_budget_for_the_worst_allowed_input(tmp_path, real_images):
+def test_decoding_memory_stays_within_the_budget_for_the_worst_allowed_input(tmp_path, dsc):
     """Every kind of image at the pixel limit, and each normalised kind at the largest size the budget lets
     through, vetted in a fresh process: the peak resident memory added by check_image stays under
     max_decode_mib. Over the budget, JPEGs are decoded reduced (draft) and the rest rejected before decoding."""
@@ -491,7 +507,7 @@ def test_decoding_memory_stays_within_the_budget_for_the_worst_allowed_input(tmp
 
     edge = {"grey16.png": largest("I;16"), "rgba.png": largest("RGBA"), "palette.png": largest("P"),
             "rgb.png": largest("RGB"), "rgb.tif": largest("RGB"), "grey16.tif": largest("I;16")}
-    paths = worst_inputs(real_images[0], tmp_path, side, edge)
+    paths = worst_inputs(dsc[0], tmp_path, side, edge)
     outcomes = {}
     for name, path in sorted(paths.items()):
         result = subprocess.run([sys.executable, "-c", MEASURE, str(Path(__file__).parent.parent), str(path),

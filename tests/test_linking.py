@@ -11,15 +11,13 @@ import pytest
 from pipeline import linking
 from pipeline.linking import place
 
-pytestmark = pytest.mark.real_data
-
 
 @pytest.fixture
-def store(tmp_path, ham_data) -> list[Path]:
+def store(tmp_path, some_images) -> list[Path]:
     folder = tmp_path / "store"
     folder.mkdir()
     paths = []
-    for source in sorted((ham_data / "ham10000" / "images").glob("*.jpg"))[:3]:
+    for source in some_images.dsc[:3]:
         (folder / source.name).write_bytes(source.read_bytes())
         paths.append(folder / source.name)
     return paths

@@ -18,8 +18,6 @@ def read_isic(root, options):
     return list(expand(reader_module.read_isic(root, options)))
 
 
-pytestmark = pytest.mark.real_data
-
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 # the release's localization inside each coarser ISIC site (checked on all 10015 images in the real files)
 COARSE = {"": {"trunk", "genital", "unknown"}, "head/neck": {"scalp", "face", "ear", "neck"},

@@ -1,6 +1,8 @@
-"""Stage `split`: `assign_splits` on the 490 real HAM10000 images (lesion IDs and classes from the manifest):
-lesion-disjoint, stratified by class, stable when lesions are added, split hints honoured or refused. Small
-crafted tables pin the dealing rule itself: a split's share counts images, not lesions."""
+"""Stage `split`: `assign_splits` on a manifest's lesion IDs and classes: lesion-disjoint, stratified by class,
+stable when lesions are added, split hints (the ISIC 2018 test images hinted `test` by their source) honoured or
+refused. Each such test runs twice: on the 490 real HAM10000 images (`real`, needs $HAM_DATA) and on the made-up
+manifest of `some_images` without data (`made`: 320 images of lesions of one to three images, every class and
+collection). Small crafted tables pin the dealing rule itself: a split's share counts images, not lesions."""
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +17,17 @@ from pipeline.split import assign_splits
 PARAMS = {"test_fraction": 0.2, "val_fraction": 0.0, "seed": 20180814}
 
 
-@pytest.fixture(scope="module")
-def manifest(ham_data) -> list[dict]:
-    rows = read_csv(ham_data / "ham10000" / "images_manifest.csv")
-    assert len(rows) == 490
-    return rows
+@pytest.fixture(scope="module", params=[pytest.param("real", marks=pytest.mark.real_data), "made"])
+def manifest(request, tmp_path_factory) -> list[dict]:
+    if request.param == "real":
+        rows = read_csv(request.getfixturevalue("ham_data") / "ham10000" / "images_manifest.csv")
+        assert len(rows) == 490
+        return rows
+    from tests.conftest import _made_up_manifest
+
+    rows = _made_up_manifest(tmp_path_factory.mktemp("manifest"))
+    assert len(rows) == 320 and len({r["lesion_id"] for r in rows}) < len(rows)
+    return [{k: r[k] for k in ("lesion_id", "image_id", "dx", "dx_type", "dataset")} for r in rows]
 
 
 def write_tables(folder: Path, rows: list[dict], hints: dict[str, str] | None = None) -> tuple[Path, Path]:
@@ -38,7 +46,6 @@ def splits(registry: Path) -> dict[str, str]:
     return {r["lesion_id"]: r["split"] for r in rows}
 
 
-@pytest.mark.real_data
 def test_lesion_disjoint_and_stratified(tmp_path, manifest):
     registry = tmp_path / "splits.csv"
     result = assign_splits(*write_tables(tmp_path, manifest), PARAMS, registry)
@@ -66,7 +73,6 @@ def test_lesion_disjoint_and_stratified(tmp_path, manifest):
         assert abs(counts["test"] - 0.2 * total) < largest, f"{dx}: {counts['test']}/{total} images in test"
 
 
-@pytest.mark.real_data
 def test_deterministic_and_order_independent(tmp_path, manifest):
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     assign_splits(*write_tables(tmp_path / "a", manifest), PARAMS, one)
@@ -74,7 +80,6 @@ def test_deterministic_and_order_independent(tmp_path, manifest):
     assert splits(one) == splits(two)
 
 
-@pytest.mark.real_data
 def test_stable_when_lesions_are_added(tmp_path, manifest):
     lesions = sorted({r["lesion_id"] for r in manifest})
     early = set(lesions[::3]) | set(lesions[1::3])  # two thirds of the lesions first
@@ -97,7 +102,6 @@ def test_stable_when_lesions_are_added(tmp_path, manifest):
     assert splits(registry) == after
 
 
-@pytest.mark.real_data
 def test_split_hint_test_is_honoured(tmp_path, manifest):
     # The official ISIC 2018 test images are hinted 'test' by their source; hint one image of 30 lesions.
     lesions = sorted({r["lesion_id"] for r in manifest})[::10]
@@ -131,7 +135,6 @@ def test_published_split_is_kept_and_other_sources_are_dealt_among_themselves(tm
     assert abs(per_split["test"] / len(others) - 0.2) < 0.05, per_split
 
 
-@pytest.mark.real_data
 def test_hint_contradicting_registry_is_refused(tmp_path, manifest):
     registry = tmp_path / "splits.csv"
     assign_splits(*write_tables(tmp_path / "v1", manifest), PARAMS, registry)
@@ -147,7 +150,6 @@ def test_hint_contradicting_registry_is_refused(tmp_path, manifest):
     assert registry.read_bytes() == before
 
 
-@pytest.mark.real_data
 def test_bad_hints_are_refused(tmp_path, manifest):
     lesion_rows = defaultdict(list)
     for row in manifest:
@@ -165,7 +167,6 @@ def test_bad_hints_are_refused(tmp_path, manifest):
                       tmp_path / "c.csv")
 
 
-@pytest.mark.real_data
 def test_val_fraction(tmp_path, manifest):
     registry = tmp_path / "splits.csv"
     result = assign_splits(*write_tables(tmp_path, manifest), {**PARAMS, "val_fraction": 0.1}, registry)

@@ -14,7 +14,7 @@ from tests.pipeline_repo import copy_repository, run, workflow_step
 from pipeline.cli import validate_command
 from pipeline.validate import validate_params
 from pipeline.schema_messages import SCHEMA_DIR, Problem, schema_path
-from pipeline.tables import detect_kind, validate_csv, validate_metadata_rows
+from pipeline.tables import ValidRows, detect_kind, validate_csv, validate_metadata_rows
 from pipeline.validate import validate_path
 
 HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization"
@@ -244,6 +244,72 @@ def test_metadata_rows_dataset_column_and_dx_agreement():
         Problem("t.csv", 3, "lesion_id", "HAM_x", "expected HAM_ followed by 7 digits"),
     ]
 
+
+
+# ---------------------------------------------- ValidRows: rows the schema check passed, and what invalidates them
+
+def _checked_rows() -> list[dict]:
+    return [meta(f"ISIC_000000{n}", lesion=f"HAM_000000{n}") for n in range(1, 5)]
+
+
+def _saved(path: Path, rows: list[dict]) -> None:
+    valid = ValidRows(path)
+    assert validate_metadata_rows(rows, "t.csv", valid) == []
+    valid.save()
+
+
+def _known(path: Path, rows: list[dict]) -> list[bool]:
+    valid = ValidRows(path)
+    return [valid.known(valid.key("metadata-row", row)) for row in rows]
+
+
+def test_valid_rows_a_changed_row_is_checked_again(tmp_path):
+    path, rows = tmp_path / "valid_rows.json", _checked_rows()
+    _saved(path, rows)
+    assert _known(path, rows) == [True] * 4
+    assert _known(path, [dict(reversed(list(row.items()))) for row in rows]) == [True] * 4  # key order: same rows
+    changed = [rows[0], {**rows[1], "sex": "female"}, rows[2], {**rows[3], "age": "50.0"}]
+    assert _known(path, changed) == [True, False, True, False]
+    # A row made invalid is reported, not taken for the valid row it was.
+    broken = [rows[0], {**rows[1], "age": "47"}, rows[2], rows[3]]
+    assert [(p.row, p.field, p.value) for p in validate_metadata_rows(broken, "t.csv", ValidRows(path))] == [
+        (2, "age", "47")]
+    valid = ValidRows(path)
+    assert valid.key("metadata-row", rows[0]) != valid.key("manifest-row", rows[0])  # the schema's name counts
+
+
+def test_valid_rows_a_changed_schema_file_checks_every_row_again(tmp_path, monkeypatch):
+    import pipeline.schema_messages
+
+    path, rows = tmp_path / "valid_rows.json", _checked_rows()
+    _saved(path, rows)
+    copy = tmp_path / "schemas"
+    shutil.copytree(SCHEMA_DIR, copy)
+    monkeypatch.setattr(pipeline.schema_messages, "schema_path", lambda name: copy / f"{name}.schema.json")
+    assert _known(path, rows) == [True] * 4  # the same schema files elsewhere: same keys
+    other = copy / "decisions-row.schema.json"  # any schema file, not only the metadata's (they refer to each other)
+    other.write_bytes(other.read_bytes() + b"\n")
+    assert _known(path, rows) == [False] * 4
+    other.unlink()
+    assert _known(path, rows) == [False] * 4
+
+
+def test_valid_rows_another_jsonschema_version_checks_every_row_again(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    path, rows = tmp_path / "valid_rows.json", _checked_rows()
+    _saved(path, rows)
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.1" if name == "jsonschema" else real(name))
+    assert _known(path, rows) == [False] * 4
+
+
+def test_valid_rows_damaged_file_checks_every_row(tmp_path):
+    path, rows = tmp_path / "valid_rows.json", _checked_rows()
+    for damage in (b"", b"{", b"[]", b'{"other": 1}'):
+        path.write_bytes(damage)
+        assert _known(path, rows) == [False] * 4
+    assert _known(None, rows) == [False] * 4
 
 def test_empty_and_header_only_files(tmp_path):
     empty = tmp_path / "empty.csv"
