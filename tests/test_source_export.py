@@ -157,3 +157,22 @@ def test_bad_rows_and_unlisted_files_with_ingest(tmp_path, real_images, index):
     assert secret not in {hashlib.sha256(path.read_bytes()).hexdigest() for path in files.values()}
     assert secret not in {c["candidate_id"] for c in result.candidates}
     assert not any(c["origin"].endswith("secret.jpg") for c in result.candidates)
+
+
+def test_hidden_unlisted_files_are_ledgered_not_dropped(tmp_path, real_images):
+    """A hidden file no index row names (an image saved as `.x.jpg`, Finder's `.DS_Store`) gets a ledger row; a
+    listed one is read; plain documentation beside the index (`README.md`) is not an item."""
+    import shutil
+
+    shutil.copyfile(real_images[0], tmp_path / "listed.jpg")
+    shutil.copyfile(real_images[1], tmp_path / ".hidden.jpg")
+    shutil.copyfile(real_images[2], tmp_path / ".listed_hidden.jpg")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "README.md").write_text("export of 2019")
+    (tmp_path / "index.csv").write_text("file\nlisted.jpg\n.listed_hidden.jpg\n")
+    out = read_export(tmp_path, {})
+    items, rejects = [x for x in out if isinstance(x, RawItem)], [x for x in out if isinstance(x, Reject)]
+    assert sorted(i.origin for i in items) == [".listed_hidden.jpg", "listed.jpg"]
+    assert sorted((r.origin, r.reason) for r in rejects) == [
+        (".DS_Store", ".DS_Store: hidden file, not listed in index.csv; not read"),
+        (".hidden.jpg", ".hidden.jpg: hidden file, not listed in index.csv; not read")]

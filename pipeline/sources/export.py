@@ -156,7 +156,12 @@ def read_export(root: Path, options: ExportOptions | dict) -> Iterator[Union[Raw
 
     for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
         origin = path.relative_to(root).as_posix()
-        if origin in named or path == index_path or path.suffix.lower() in INDEX_SKIP or path.name.startswith("."):
+        if origin in named or path == index_path:
+            continue
+        if path.name.startswith("."):  # a hidden file no row names (an image saved as .x.jpg, .DS_Store): ledgered
+            yield Reject(origin, "", f"{origin}: hidden file, {unlisted.removeprefix('is ')}; not read")
+            continue
+        if path.suffix.lower() in INDEX_SKIP:
             continue
         yield Reject(origin, "", f"{origin} {unlisted}")
 
