@@ -12,6 +12,7 @@ A pull killed while placing files can leave DVC's partial copy (`.<token>.tmp`) 
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from benchmarks.transfer_trials import KINDS, WEED, Bench, run_trial
 from pipeline.common import sha256_file
@@ -57,9 +58,10 @@ def test_interrupted_transfer_resumes_to_a_verified_identical_release(bench, kin
 
 def test_verify_names_a_partial_copy_left_by_dvc(tmp_path):
     (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "a.jpg").write_bytes(b"image bytes")
-    digest = sha256_file(tmp_path / "images" / "a.jpg")
-    (tmp_path / "manifest.csv").write_text(f"path,sha256,bytes\nimages/a.jpg,{digest},11\n")
+    Image.new("RGB", (8, 6), (120, 90, 60)).save(tmp_path / "images" / "a.jpg", "JPEG")  # a clean JPEG: verify
+    digest = sha256_file(tmp_path / "images" / "a.jpg")  # also walks its segments
+    size = (tmp_path / "images" / "a.jpg").stat().st_size
+    (tmp_path / "manifest.csv").write_text(f"path,sha256,bytes\nimages/a.jpg,{digest},{size}\n")
     (tmp_path / "images" / ".Ux-HIvltsUYz1w-bMtDRPw.tmp").write_bytes(b"image by")  # as dvc_objects names them
     (tmp_path / "images" / "b.tmp").write_bytes(b"someone's file")
     lines = format_report(verify(tmp_path)).splitlines()
