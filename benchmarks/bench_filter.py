@@ -221,7 +221,10 @@ elapsed = time.perf_counter() - start
 print(json.dumps({"images": counts["scored"], "seconds": round(elapsed, 2),
                   "images_per_s": round(counts["scored"] / elapsed, 1), "device": counts["device"],
                   "workers": params.get("workers"),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big bench
+                  # process would report the bench's peak as its own
+                  "peak_rss_mb": round(int(next(l for l in open("/proc/self/status")
+                                                if l.startswith("VmHWM")).split()[1]) / 1024, 1),
                   "peak_rss_worker_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}))
 """
 
