@@ -160,7 +160,7 @@ def test_per_split_manifests_at_full_size(official):
     release = official["base"] / "release"
     for split, count in (("train", 10015), ("test", 1512)):
         rows = read_csv(release / split / "manifest.csv")
-        assert sum(r["path"].startswith("images/") for r in rows) == count
+        assert sum(r["path"].startswith("images/") and r["path"].endswith(".jpg") for r in rows) == count
         assert {r["split"] for r in rows} == {split}
     top = read_csv(release / "manifest.csv")
     assert sum(r["path"].endswith(".jpg") for r in top) == 10015 + 1512
