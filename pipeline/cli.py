@@ -4,6 +4,7 @@ does, the same one-line message), reads only its own section, and exits 1 on bad
 traceback."""
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -49,6 +50,14 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except PipelineError as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            # every stage writes its outputs by temporary file and rename, and its stores are checked by hash on
+            # the next run: nothing half-written is taken for done
+            where = f" writing {error.filename}" if error.filename else ""
+            raise click.ClickException(f"no space left on the device{where}: free some space and run it again "
+                                       f"(nothing half-written is kept)") from None
     return wrapper
 
 

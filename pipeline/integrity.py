@@ -221,6 +221,16 @@ class HashStore:
             self.checked.save()
 
 
+def _bad_hashes(node) -> bool:
+    """True where an `md5` of the lock is not text: DVC's schema lets `md5: 12345` through, then fails on it with a
+    traceback. (A digest cut short is text: DVC reads it, and the stage simply re-runs.)"""
+    if isinstance(node, dict):
+        return any((key == "md5" and not isinstance(value, str)) or _bad_hashes(value) for key, value in node.items())
+    if isinstance(node, list):
+        return any(_bad_hashes(item) for item in node)
+    return False
+
+
 def _valid_lockfile(text: str | None) -> bool:
     if not text:
         return False
@@ -228,8 +238,9 @@ def _valid_lockfile(text: str | None) -> bool:
         import yaml
         from dvc.schema import COMPILED_LOCKFILE_SCHEMA
 
-        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(text))
-        return True
+        data = yaml.safe_load(text)
+        COMPILED_LOCKFILE_SCHEMA(data)
+        return not _bad_hashes(data)
     except Exception:  # YAML cut short, or a stage entry cut short (DVC's own schema says which)
         return False
 

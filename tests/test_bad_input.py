@@ -408,3 +408,24 @@ def test_an_unreadable_source_folder_is_one_line_naming_it(tmp_path, repo_root, 
     assert result.exception is None or isinstance(result.exception, SystemExit)
     # nothing read, nothing written but the empty object store folder
     assert [p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "out").rglob("*"))] == ["out/objects"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """A stage that hits ENOSPC (disk full) exits 1 with one line naming the file, not a traceback."""
+    import errno as errno_
+
+    from click.testing import CliRunner
+
+    from pipeline import ingest as ingest_module
+    from pipeline.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno_.ENOSPC, "No space left on device", str(tmp_path / "objects" / "abc.jpg"))
+
+    monkeypatch.setattr(ingest_module, "ingest", full)
+    result = CliRunner().invoke(main, ["ingest", "--params", str(Path(__file__).resolve().parent.parent /
+                                                                  "params.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: no space left on the device writing {tmp_path / 'objects' / 'abc.jpg'}: free some space and run "
+        f"it again (nothing half-written is kept)"]
