@@ -6,8 +6,10 @@ files it names (`release/manifest.csv`, `release/<split>/metadata.csv`) are read
 nothing is checked out. Releases of either layout (one top-level manifest, or per-split manifests too) compare.
 
 The comparison, by image ID:
-    added / removed        images only in B / only in A
-    relabelled             dx or dx_type differ
+    added / removed        images only in B / only in A, with split, class and source; a removed image with the
+                           reason B excluded it (B's excluded.csv, from the DVC cache or remote, joined to the
+                           image registry), or "not among B's candidates"
+    relabelled             dx or dx_type differ (with the ISIC diagnosis change, from isic_contribution.csv)
     metadata               other columns differ (lesion_id, age, sex, localization, dataset)
     content                same image ID, different bytes (sha256)
     split_moves            lesions whose split differs between A and B (must be none: the registry forbids it)
@@ -61,6 +63,7 @@ class ReleaseAt:
             raise PipelineError(f"{rev}: dvc.lock has no output {self.release} of stage release")
         self.dir_md5 = entry["md5"]
         self._listing = None
+        self.lock = lock
 
     def _cache(self, md5: str) -> Path:
         return self.repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
@@ -94,6 +97,45 @@ class ReleaseAt:
         except Exception as error:  # dvc raises many types: no remote, not in cache, ...
             raise PipelineError(self.unreadable(relpath, error)) from None
 
+    def isic_diagnoses(self, splits) -> dict[str, str]:
+        """image ID -> the ISIC diagnosis node of the release's isic_contribution.csv (empty where it has none)."""
+        found = {}
+        for split in sorted(splits):
+            try:
+                text = self.read(f"{split}/isic_contribution.csv")
+            except PipelineError:
+                text = None
+            for row in csv.DictReader(io.StringIO(text or "")):
+                found[Path(row.get("filename") or "").stem] = row.get("diagnosis") or ""
+        return found
+
+    def exclusions(self) -> dict[str, str]:
+        """image ID -> why the image is not in this revision's release ("stage: reason"), from the metadata
+        stage's excluded.csv (DVC cache or remote) joined to the image registry (git); {} where unreadable."""
+        outs = (self.lock.get("stages", {}).get("metadata") or {}).get("outs", [])
+        entry = next((o for o in outs if str(o.get("path", "")).endswith("excluded.csv")), None)
+        if entry is None:
+            return {}
+        text = None
+        cached = self._cache(str(entry.get("md5", "")))
+        if cached.is_file():
+            text = cached.read_text(encoding="utf-8")
+        else:
+            try:
+                import dvc.api
+
+                with dvc.api.open(entry["path"], repo=str(self.repo), rev=self.commit, encoding="utf-8") as handle:
+                    text = handle.read()
+            except Exception:  # no remote, not pushed: the reason stays unknown, the diff goes on
+                return {}
+        try:
+            registry = git(self.repo, "show", f"{self.commit}:registry/images.csv").decode()
+        except PipelineError:
+            return {}
+        image_of = {row["key"]: row["id"] for row in csv.DictReader(io.StringIO(registry))}
+        return {image_of[row["candidate_id"]]: f"{row['stage']}: {row['reason']}"
+                for row in csv.DictReader(io.StringIO(text)) if row.get("candidate_id") in image_of}
+
     def unreadable(self, relpath: str, error: Exception) -> str:
         """One line naming the file and a DVC 3 command that gets it (`dvc fetch` has no `--rev`: it fetches the
         outputs of the checked-out revision, or of every tag with `--all-tags`)."""
@@ -121,15 +163,30 @@ class ReleaseAt:
         return rows
 
 
-def compare(a: dict[str, dict], b: dict[str, dict]) -> dict:
+def _described(row: dict) -> dict:
+    return {"image_id": row["image_id"], "split": row.get("split", ""), "dx": row.get("dx", ""),
+            "source": row.get("dataset", "")}
+
+
+def compare(a: dict[str, dict], b: dict[str, dict], why_gone: dict[str, str] | None = None,
+            isic: tuple[dict, dict] = ({}, {})) -> dict:
+    """`why_gone`: image ID -> why an image is not in B (B's exclusions); `isic`: the ISIC diagnosis of each
+    image in A and in B. Added and removed images carry split, class and source; removed ones the reason."""
     shared = sorted(a.keys() & b.keys())
-    result = {"added": sorted(b.keys() - a.keys()), "removed": sorted(a.keys() - b.keys()),
+    why_gone = why_gone or {}
+    result = {"added": [_described({"image_id": i, **b[i]}) for i in sorted(b.keys() - a.keys())],
+              "removed": [{**_described({"image_id": i, **a[i]}),
+                           "reason": why_gone.get(i, "not among B's candidates (its source or file is gone)")}
+                          for i in sorted(a.keys() - b.keys())],
               "relabelled": [], "metadata": [], "content": [], "split_moves": []}
     for image_id in shared:
         old, new = a[image_id], b[image_id]
         labels = {f: [old.get(f, ""), new.get(f, "")] for f in LABELS if old.get(f, "") != new.get(f, "")}
         if labels:
-            result["relabelled"].append({"image_id": image_id, **labels})
+            if isic[0].get(image_id, "") != isic[1].get(image_id, ""):
+                labels["isic_diagnosis"] = [isic[0].get(image_id, ""), isic[1].get(image_id, "")]
+            result["relabelled"].append({"image_id": image_id, "split": new.get("split", ""),
+                                         "source": new.get("dataset", ""), **labels})
         other = {f: [old.get(f, ""), new.get(f, "")] for f in OTHER if old.get(f, "") != new.get(f, "")}
         if other:
             result["metadata"].append({"image_id": image_id, **other})
@@ -157,7 +214,12 @@ def compare(a: dict[str, dict], b: dict[str, dict]) -> dict:
 
 def diff_revisions(repo: Path, rev_a: str, rev_b: str, release: str = "release") -> dict:
     a, b = ReleaseAt(repo, rev_a, release), ReleaseAt(repo, rev_b, release)
-    result = compare(a.images(), b.images())
+    images_a, images_b = a.images(), b.images()
+    changed = any(images_a[i].get(f) != images_b[i].get(f) for i in images_a.keys() & images_b.keys()
+                  for f in LABELS)
+    isic = ((a.isic_diagnoses({r["split"] for r in images_a.values()}),
+             b.isic_diagnoses({r["split"] for r in images_b.values()})) if changed else ({}, {}))
+    result = compare(images_a, images_b, b.exclusions() if images_a.keys() - images_b.keys() else {}, isic)
     result["a"] = {"rev": rev_a, "commit": a.commit}
     result["b"] = {"rev": rev_b, "commit": b.commit}
     return result
@@ -186,10 +248,13 @@ def format_diff(result: dict, limit: int = 20) -> str:
             lines.append(f"  ... {len(items) - limit} more (--json lists all)")
 
     changes = lambda item: "  ".join(f"{k} {v[0] or '-'} -> {v[1] or '-'}" for k, v in item.items()
-                                     if k != "image_id")
-    section("added", result["added"], str)
-    section("removed", result["removed"], str)
-    section("relabelled", result["relabelled"], lambda i: f"{i['image_id']}  {changes(i)}")
+                                     if isinstance(v, list))
+    where = lambda item: f"{item['image_id']}  {item.get('split') or '-'}  {item.get('dx') or '-'}  " \
+                         f"{item.get('source') or '-'}"
+    section("added", result["added"], where)
+    section("removed", result["removed"], lambda i: f"{where(i)}  ({i['reason']})")
+    section("relabelled", result["relabelled"],
+            lambda i: f"{i['image_id']}  {i.get('split') or '-'}  {i.get('source') or '-'}  {changes(i)}")
     section("other metadata changed", result["metadata"], lambda i: f"{i['image_id']}  {changes(i)}")
     section("image bytes changed", result["content"], str)
     section("lesions that moved split", result["split_moves"],

@@ -53,10 +53,19 @@ def test_diff_between_tags(repo):
     result = invoke("diff", "v1", "v2", "--repo", str(root), "--json")
     assert result.exit_code == 0, result.output
     diff = json.loads(result.output)
-    assert diff["added"] == [rows[-1]["image_id"]] and diff["removed"] == [rows[0]["image_id"]]
+    split_of = repo["split_of"]
+    assert diff["added"] == [{"image_id": rows[-1]["image_id"], "split": split_of[rows[-1]["lesion_id"]],
+                              "dx": rows[-1]["dx"], "source": rows[-1]["dataset"]}]
+    # this repository has no metadata stage (no excluded.csv): the removed image's reason says what is known
+    assert diff["removed"] == [{"image_id": rows[0]["image_id"], "split": split_of[rows[0]["lesion_id"]],
+                                "dx": rows[0]["dx"], "source": rows[0]["dataset"],
+                                "reason": "not among B's candidates (its source or file is gone)"}]
     (relabel,) = diff["relabelled"]
     original = next(r for r in rows if r["image_id"] == repo["relabelled"]["image_id"])
     assert relabel["image_id"] == original["image_id"]
+    assert relabel["split"] == split_of[original["lesion_id"]] and relabel["source"] == original["dataset"]
+    before, after = relabel["isic_diagnosis"]  # the ISIC hierarchy's node moves with the class
+    assert before and after and before != after
     assert relabel["dx"] == [original["dx"], repo["relabelled"]["dx"]]
     if original["dx_type"] != "histo":
         assert relabel["dx_type"] == [original["dx_type"], "histo"]
@@ -69,6 +78,8 @@ def test_diff_between_tags(repo):
 
     text = invoke("diff", "v1", "v2", "--repo", str(root))
     assert "relabelled: 1" in text.output and f"dx {original['dx']} -> {repo['relabelled']['dx']}" in text.output
+    assert f"isic_diagnosis {before} -> {after}" in text.output
+    assert f"{rows[0]['image_id']}  {split_of[rows[0]['lesion_id']]}  {rows[0]['dx']}" in text.output
     assert "lesions that moved split: none" in text.output
     # CI: relabels fail the check when asked to, split moves do not happen here.
     assert invoke("diff", "v1", "v2", "--repo", str(root), "--fail-on", "split-move").exit_code == 0
@@ -217,3 +228,23 @@ def test_tag_checks_before_tagging(repo, tmp_path):
         assert result.exit_code == 1 and "differ from the manifest" in result.output
     finally:
         os.chdir(cwd)
+
+
+def test_compare_names_why_an_image_left_and_its_isic_change():
+    from pipeline.diff import compare, format_diff
+
+    a = {"ISIC_1": {"split": "train", "dx": "nv", "dx_type": "follow_up", "dataset": "vidir_molemax",
+                    "lesion_id": "HAM_1", "sha256": "x"},
+         "ISIC_2": {"split": "test", "dx": "bkl", "dx_type": "histo", "dataset": "rosendahl", "lesion_id": "HAM_2",
+                    "sha256": "y"}}
+    b = {"ISIC_2": {**a["ISIC_2"], "dx": "mel"}}
+    result = compare(a, b, {"ISIC_1": "metadata: diagnosis 'no signs of residual tumor' -> exclude"},
+                     ({"ISIC_2": "Benign:Benign epidermal proliferations"}, {"ISIC_2": "Malignant:Melanoma"}))
+    assert result["removed"] == [{"image_id": "ISIC_1", "split": "train", "dx": "nv", "source": "vidir_molemax",
+                                  "reason": "metadata: diagnosis 'no signs of residual tumor' -> exclude"}]
+    assert result["relabelled"] == [{"image_id": "ISIC_2", "split": "test", "source": "rosendahl", "dx": ["bkl", "mel"],
+                                     "isic_diagnosis": ["Benign:Benign epidermal proliferations",
+                                                        "Malignant:Melanoma"]}]
+    text = format_diff({**result, "a": {"rev": "v1", "commit": "1" * 40}, "b": {"rev": "v2", "commit": "2" * 40}})
+    assert "ISIC_1  train  nv  vidir_molemax  (metadata: diagnosis 'no signs of residual tumor' -> exclude)" in text
+    assert "isic_diagnosis Benign:Benign epidermal proliferations -> Malignant:Melanoma" in text
