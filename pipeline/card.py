@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .common import atomic_write_bytes
-from .vocabulary import CLASS_NAMES, DX_TYPES
+from .vocabulary import CLASS_NAMES, DX_TYPES, IMAGE_TYPES
 
 SAMPLES_PER_CLASS = 8
 THUMB = (120, 90)
@@ -274,7 +274,7 @@ def filter_model_section(model: dict | None) -> list[str]:
         return []
     material = model.get("material") or {}
     per_source = model.get("held_out_per_source") or {}
-    rows = [[source, *(counts.get(t, 0) for t in ("dsc", "macro", "clinic")),
+    rows = [[source, *(counts.get(t, 0) for t in IMAGE_TYPES),
              per_source.get(source, "") if per_source.get(source) is not None else ""]
             for source, counts in sorted(material.items())]
     return ["## The image-type filter", "",
@@ -285,7 +285,7 @@ def filter_model_section(model: dict | None) -> list[str]:
             f"{model.get('min_confidence')} sure of, and queues for a person every decision under "
             f"{model.get('review_below')} (softmax temperature {model.get('temperature')}, fitted on held-out "
             f"lesions).", "",
-            _table(["material (source)", "dsc", "macro", "clinic", "held-out accuracy"], rows), "",
+            _table(["material (source)", *IMAGE_TYPES, "held-out accuracy"], rows), "",
             f"Held out during training: {model.get('held_out')} images, accuracy {model.get('held_out_accuracy')}. "
             f"On whole collections and conditions it never saw, see the project's `bench/results.json` "
             f"(`python -m benchmarks.bench_filter`).", ""]
