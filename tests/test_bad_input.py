@@ -416,15 +416,16 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    from pipeline import ingest as ingest_module
+    from pipeline import annotations as annotations_module
     from pipeline.cli import main
 
     def full(*args, **kwargs):
         raise OSError(errno_.ENOSPC, "No space left on device", str(tmp_path / "objects" / "abc.jpg"))
 
-    monkeypatch.setattr(ingest_module, "ingest", full)
-    result = CliRunner().invoke(main, ["ingest", "--params", str(Path(__file__).resolve().parent.parent /
-                                                                  "params.yaml"), "--out", str(tmp_path)])
+    # collect-annotated: a stage whose params check needs no raw source on disk (a fresh clone has none)
+    monkeypatch.setattr(annotations_module, "collect_annotated", full)
+    result = CliRunner().invoke(main, ["collect-annotated", "--params", str(Path(__file__).resolve().parent.parent /
+                                                                             "params.yaml"), "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"Error: no space left on the device writing {tmp_path / 'objects' / 'abc.jpg'}: free some space and run "
