@@ -19,7 +19,7 @@ from pathlib import Path
 from .common import PipelineError, atomic_write_bytes, read_csv, sha256_bytes, write_csv
 from .integrity import check_objects
 from .linking import place
-from .vocabulary import ANNOTATION_KEYS, IMAGE_TYPE_FROM_ISIC, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
+from .vocabulary import ANNOTATION_KEYS, IMAGE_SUFFIXES, IMAGE_TYPE_FROM_ISIC, IMAGE_TYPES  # noqa: F401 (IMAGE_TYPES re-exported)
 
 KEY_OF_TYPE = {image_type: key for key, image_type in ANNOTATION_KEYS.items()}
 ANNOTATION_COLUMNS = ("IMAGE", "ANNOTATION", "TIMESTAMP")
@@ -88,9 +88,6 @@ def append_annotation(path: Path, image: str, key: str, timestamp: str | None = 
         prefix = b"\n"  # a file whose last line has no line end
     replace_file(path, old + prefix + f"{image},{key},{timestamp}\n".encode())
     return len(old)
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 
 def annotation_key(value: str) -> str | None:

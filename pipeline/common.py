@@ -130,3 +130,10 @@ def progress(items: Iterable[T], label: str, total: int | None = None, stream=No
             print(f"{label}: {index}/{total if total else '?'}", file=stream, flush=True)
     if not total and index % step:
         print(f"{label}: {index} done", file=stream, flush=True)
+
+
+def is_training_material(candidate: dict) -> bool:
+    """A candidate of a source with `role: training` (ingest marks it in the row's `extra` JSON): the filter's own
+    material, never released."""
+    extra = candidate.get("extra") or ""
+    return '"role"' in extra and json.loads(extra).get("role") == "training"

@@ -25,7 +25,6 @@ appended batch by batch, so a new batch of candidates is scored alone and a kill
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .annotations import IMAGE_TYPES, read_annotations_if_any
-from .common import PipelineError, read_csv, stable_hash, write_csv
+from .common import PipelineError, is_training_material, read_csv, stable_hash, write_csv
 from .codedeps import code_version
 from .executors import LOCAL, Compute, run_map
 from .integrity import check_objects
@@ -212,11 +211,6 @@ def score(candidates: list[dict], objects_dir: Path, model_path: Path, params: d
     return cached
 
 
-def _is_training_material(row: dict) -> bool:
-    extra = row.get("extra") or ""
-    return '"role"' in extra and json.loads(extra).get("role") == "training"
-
-
 def _rounded(probabilities) -> list[float]:
     return [round(float(p), 2) for p in probabilities]
 
@@ -236,7 +230,7 @@ def decide(candidates_csv: Path, objects_dir: Path, annotations_csv: Path | None
         if hints[row["candidate_id"]] not in ("", *IMAGE_TYPES):
             raise PipelineError(f"{candidates_csv} row {number}: image_type_hint {hints[row['candidate_id']]!r} is "
                                 f"not one of {', '.join(IMAGE_TYPES)}")
-    training = {row["candidate_id"] for row in candidates if _is_training_material(row)}
+    training = {row["candidate_id"] for row in candidates if is_training_material(row)}
     to_score = [row for row in candidates if row["candidate_id"] not in labels]
     cache_dir = Path(cache_dir) if cache_dir else Path(decisions_csv).parent / "predictions"
     predicted = (score(to_score, Path(objects_dir), Path(model_path), params, cache_dir, counts, compute)

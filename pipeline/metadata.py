@@ -22,7 +22,7 @@ from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from .common import PipelineError, read_csv, write_csv
+from .common import PipelineError, is_training_material, read_csv, write_csv
 from .registry import Registry
 from .unify import coverage, load_rules, unify
 from .tables import ValidRows, validate_metadata_rows, values_agree
@@ -121,7 +121,7 @@ def check_datasets(candidates: list[dict], candidates_csv) -> None:
     otherwise be excluded for one configuration reason."""
     lacking: dict[str, int] = defaultdict(int)
     for candidate in candidates:
-        if dataset_of(candidate) is None and '"role": "training"' not in (candidate.get("extra") or ""):
+        if dataset_of(candidate) is None and not is_training_material(candidate):
             lacking[candidate["source"]] += 1  # training material is never released: it needs no dataset
     if lacking:
         source, count = sorted(lacking.items())[0]

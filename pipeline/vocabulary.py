@@ -97,6 +97,8 @@ SPLITS = ("train", "val", "test")
 IMAGE_TYPES = ("dsc", "macro", "clinic")
 # The authors' annotation keys.
 ANNOTATION_KEYS = {"d": "dsc", "m": "macro", "c": "clinic"}
+# Files taken for images by their suffix where no index names them (labelled folders, `index: null` sources).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 # ------------------------------------------------------------------------------------------------ age
 

@@ -29,19 +29,11 @@ AVX512 = ("AVX512F AVX512CD AVX512VL AVX512BW AVX512DQ AVX512_SKX AVX512_CLX AVX
 
 
 def _annotated_folder(root: Path, dsc: list[Path], clinic: list[Path]) -> Path:
-    """An annotated folder as `collect-annotated` writes it, from image files."""
-    images = root / "images"
-    images.mkdir(parents=True)
-    rows = []
-    for path, image_type in [(p, "dsc") for p in dsc] + [(p, "clinic") for p in clinic]:
-        digest = sha256_bytes(path.read_bytes())
-        shutil.copyfile(path, images / f"{digest}.jpg")
-        rows.append({"candidate_id": digest, "file": f"images/{digest}.jpg", "image_type": image_type,
-                     "source": image_type, "lesion_key": path.stem})
-    with open(root / "index.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: r["candidate_id"]))
+    """An annotated folder as `collect-annotated` writes it (bench_filter's writer), from image files."""
+    from benchmarks.bench_filter import write_annotated
+
+    write_annotated([{"path": p, "truth": truth, "collection": truth, "condition": p.stem}
+                     for truth, paths in (("dsc", dsc), ("clinic", clinic)) for p in paths], root)
     return root
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
+from ..vocabulary import IMAGE_SUFFIXES
+
 from . import (ITEM_FIELDS, BadTable, RawItem, Reject, SourceOptions, Unit, file_unit, link_outside, mapping, option,
                read_sheet, text)
 
@@ -164,9 +166,6 @@ def read_export(root: Path, options: ExportOptions | dict) -> Iterator[Union[Raw
         if path.suffix.lower() in INDEX_SKIP:
             continue
         yield Reject(origin, "", f"{origin} {unlisted}")
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 
 
 def _read_unindexed(root: Path, images_dir: Path, options: ExportOptions) -> Iterator[Union[RawItem, Reject, Unit]]:
